@@ -1,0 +1,30 @@
+# Two entry points for a fresh machine (both idempotent):
+#   make demo   set up, then run the main job on the packaged model
+#   make test   set up, then run the test suite
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: setup demo test lint
+
+$(BIN)/python:
+	# --system-site-packages: a machine that already has torch (a GPU box) keeps its own build
+	$(PY) -m venv --system-site-packages $(VENV)
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	# torch first, pinned to the CPU build: an unpinned torch pulls gigabytes of CUDA wheels
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "torch==2.13.0"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/kvfp collect --model kvfp-tiny --scheme none --scheme int8-pertoken --scheme int4-pertoken \
+		--scheme window-512 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check kvfp tests benchmarks

@@ -1,0 +1,3 @@
+from kvfp.cli.app import main
+
+main()

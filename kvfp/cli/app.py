@@ -1,0 +1,25 @@
+"""The ``kvfp`` command: wiring only; each command lives in its own module."""
+
+import typer
+
+from kvfp.cli import models
+from kvfp.cli.collect import collect
+from kvfp.cli.version import version
+
+app = typer.Typer(
+    name="kvfp",
+    help="Fingerprint the KV-cache compression scheme behind an LLM endpoint.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command()(version)
+app.command()(collect)
+app.add_typer(models.app, name="models")
+
+
+def main() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # weight-loading bars are noise in a CLI that prints tables
+    app()

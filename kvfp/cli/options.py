@@ -1,0 +1,15 @@
+"""Option types shared by commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="kvfp-tiny, a local HF folder, or a hub id.")]
+OutDir = Annotated[Path, typer.Option("--out", "-o", help="Output folder; must not exist (or be empty).")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")]
+AttnOpt = Annotated[str, typer.Option("--attn", help="The model's attention: eager or sdpa.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

@@ -1,0 +1,45 @@
+"""A small built-in prompt set: held-out stdlib text cut at exact token lengths.
+
+Model-agnostic (the model's own tokenizer cuts the text) and deterministic. The full probe
+generator (needles, copy spans, outliers…) builds on the same ``Prompt`` record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from kvfp.models.corpus import heldout_text
+
+BUILTIN_LENGTHS = (256, 640, 1024, 1536)
+
+
+@dataclass
+class Prompt:
+    id: str
+    family: str
+    seed: int
+    n_tokens: int
+    ids: list[int]
+
+    def meta(self) -> dict:
+        d = asdict(self)
+        del d["ids"]
+        return d
+
+
+def builtin_prompts(tokenizer, lengths=BUILTIN_LENGTHS, seed: int = 0) -> list[Prompt]:
+    """One prompt per length, each from a different region of the held-out text.
+
+    ``n_tokens`` counts every id the model sees, BOS included where the tokenizer adds one.
+    """
+    need = sum(lengths) + 64 * len(lengths)
+    ids = tokenizer(heldout_text(max_chars=need * 8), add_special_tokens=False, verbose=False)["input_ids"]
+    if len(ids) < need:
+        raise ValueError("held-out text is too short for the built-in prompts")
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    prompts, offset = [], 0
+    for i, n in enumerate(lengths):
+        body = ids[offset + seed: offset + seed + n - len(bos)]
+        prompts.append(Prompt(id=f"builtin-{i}", family="plain", seed=seed, n_tokens=n, ids=bos + body))
+        offset += n + 64
+    return prompts

@@ -1,0 +1,8 @@
+"""The reference runner: a causal LM under a KV-cache compression scheme."""
+
+from kvfp.runner.attach import attach
+from kvfp.runner.cache import KvfpCache
+from kvfp.runner.decode import generate, replay
+from kvfp.runner.trace import Trace
+
+__all__ = ["attach", "KvfpCache", "generate", "replay", "Trace"]

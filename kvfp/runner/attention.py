@@ -1,0 +1,74 @@
+"""kvfp's attention function, registered with transformers' ``AttentionInterface`` as ``"kvfp"``.
+
+Transformers builds no mask for a registered implementation it does not know, so this function
+builds its own from the cache layer's slot bookkeeping (causality, left padding, and whatever the
+scheme restricts) and then delegates the arithmetic to the model's original implementation.
+It is the one place where a scheme can observe attention (H2O, SnapKV…) and where a Triton kernel
+will replace the reference computation.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+NAME = "kvfp"
+
+
+def eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """The standard eager attention (as in transformers' Llama), returning probabilities.
+
+    query ``(B, H, q, D)``, key/value ``(B, Hkv, S, D)``, additive mask broadcastable to
+    ``(B, H, q, S)``. Returns output ``(B, q, H, D)`` and probabilities ``(B, H, q, S)``.
+    """
+    groups = query.shape[1] // key.shape[1]
+    key_states, value_states = repeat_kv(key, groups), repeat_kv(value, groups)
+    attn_weights = torch.matmul(query, key_states.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = torch.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = torch.nn.functional.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value_states).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+def _is_plain_causal(allowed: torch.Tensor) -> bool:
+    """Whether sdpa may run mask-free, exactly as transformers decides for an unpadded batch."""
+    q, s = allowed.shape[-2:]
+    if q == 1:
+        return bool(allowed.all())
+    if q != s:
+        return False
+    causal = torch.ones(q, s, dtype=torch.bool, device=allowed.device).tril()
+    return bool(torch.equal(allowed, causal.expand_as(allowed)))
+
+
+def kvfp_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    cache = kwargs.pop("kvfp_cache", None)
+    if cache is None:
+        raise RuntimeError(
+            "attention implementation 'kvfp' needs its cache passed as kvfp_cache=...; "
+            "run the model through kvfp.runner (generate/replay) or kvfp.runner.attach"
+        )
+    layer = cache.layers[module.layer_idx]
+    q_len = query.shape[2]
+    allowed = layer.allowed(q_len)  # (B, Hm, q, S)
+    if allowed.shape[1] > 1:  # per-KV-head entries: expand the mask to query heads
+        allowed = allowed.repeat_interleave(query.shape[1] // allowed.shape[1], dim=1)
+    if scaling is None:
+        scaling = query.shape[-1] ** -0.5
+
+    if cache.base_attn == "sdpa" and not layer.wants_scores:
+        mask = None if _is_plain_causal(allowed) else allowed
+        return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
+
+    additive = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device)
+    additive.masked_fill_(~allowed, torch.finfo(query.dtype).min)
+    out, probs = eager_attention(module, query, key, value, additive, scaling, dropout)
+    if layer.wants_scores:
+        layer.observe(probs)
+    return out, probs
+
+
+AttentionInterface.register(NAME, kvfp_attention_forward)

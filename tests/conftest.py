@@ -1,0 +1,34 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from kvfp.models import load  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The packaged kvfp-tiny (float32, sdpa) and its tokenizer."""
+    torch.manual_seed(0)
+    return load("kvfp-tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_eager():
+    return load("kvfp-tiny", attn="eager")
+
+
+@pytest.fixture(scope="session")
+def heldout_ids(tiny):
+    from kvfp.models.lm_checks import heldout_stream
+
+    _, tok = tiny
+    return heldout_stream(tok)
+
+
+def prompt(heldout_ids, tok, n: int, offset: int = 0) -> list[int]:
+    """BOS + n-1 held-out tokens."""
+    return [tok.bos_token_id] + heldout_ids[offset : offset + n - 1].tolist()

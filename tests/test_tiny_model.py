@@ -1,0 +1,59 @@
+"""The shipped kvfp-tiny: loads without kvfp, has the promised shape, behaves like a real LM."""
+
+import json
+
+import pytest
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from kvfp.models.loading import PACKAGED
+
+PATH = PACKAGED["kvfp-tiny"]
+
+
+def test_loads_with_plain_transformers():
+    model = AutoModelForCausalLM.from_pretrained(PATH)
+    tok = AutoTokenizer.from_pretrained(PATH)
+    cfg = model.config
+    assert cfg.model_type == "llama"
+    assert cfg.num_attention_heads == 8 and 2 <= cfg.num_key_value_heads <= 4
+    assert cfg.max_position_embeddings >= 2048
+    assert sum(p.numel() for p in model.parameters()) <= 12_000_000
+    assert 4096 <= len(tok) <= 16384
+    assert tok("def f():")["input_ids"][0] == tok.bos_token_id
+    assert (PATH / "model.safetensors").is_file()
+
+
+def test_training_record_matches_the_weights():
+    rec = json.loads((PATH / "kvfp_tiny.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(PATH)
+    assert rec["parameters"] == sum(p.numel() for p in model.parameters())
+    assert rec["corpus"]["train_hash"] and rec["corpus"]["heldout_hash"]
+    assert rec["heldout_loss"] > 0
+
+
+@pytest.fixture(scope="module")
+def checks(tiny):
+    from kvfp.models.lm_checks import run_checks
+
+    model, tok = tiny
+    return run_checks(model, tok)
+
+
+@pytest.mark.slow
+def test_a_heldout_loss_clearly_below_unigram_entropy(checks):
+    assert checks.heldout_loss < 0.75 * checks.unigram_entropy
+
+
+@pytest.mark.slow
+def test_b_in_context_copying(checks):
+    assert checks.copy_ratio <= 0.35
+
+
+@pytest.mark.slow
+def test_c_attention_sinks_after_the_first_layer(checks):
+    assert min(checks.sink_mass_per_layer[1:]) >= 0.2
+
+
+@pytest.mark.slow
+def test_d_long_context_holds(checks):
+    assert checks.loss_1024_2048 <= checks.loss_256_1024
