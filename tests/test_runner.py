@@ -97,7 +97,7 @@ def test_window_keeps_exactly_its_budget(tiny, heldout_ids):
             model(input_ids=torch.tensor([p]), attention_mask=mask, position_ids=torch.arange(len(p))[None],
                   cache=cache, kvfp_cache=cache)
         for layer in cache.layers:
-            assert layer.keys.shape[-2] == 32
+            assert len(layer) == 32 and layer.kv.keys().shape[-2] == 32
             assert layer.slots[0, 0].tolist() == list(range(90 - 32, 90))
 
 

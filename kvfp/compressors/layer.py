@@ -20,10 +20,15 @@ class StepState:
     """What the runner tells every layer before a forward pass.
 
     ``valid`` is the 2D attention mask over all slots seen so far, this step's included:
-    ``(B, total_slots)`` bool, False for left padding.
+    ``(B, total_slots)`` bool, False for left padding. ``positions`` are the RoPE positions of
+    those slots ``(B, total_slots)``. ``rotary`` is the model's rotary-embedding module
+    (``rotary(x, position_ids) -> (cos, sin)``) for schemes that work on pre-RoPE keys; None
+    where the model has none.
     """
 
     valid: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+    rotary: object | None = None
 
 
 class KvfpLayer(CacheLayerMixin):
@@ -108,6 +113,15 @@ class KvfpLayer(CacheLayerMixin):
 
     def observe(self, probs: torch.Tensor) -> None:
         """Receive this step's attention probabilities ``(B, H, q, S)`` (when ``wants_scores``)."""
+
+    def query_mask(self, query: torch.Tensor) -> torch.Tensor | None:
+        """Query-dependent restriction ``(B, H, q, S)`` bool (Quest-style block selection);
+        ``query`` is ``(B, H, q, D)`` after RoPE. None: no restriction."""
+        return None
+
+    def logit_bias(self) -> torch.Tensor | None:
+        """Additive bias on attention logits ``(B, Hm, S)`` (e.g. log of merged-token counts)."""
+        return None
 
     # -- used by kvfp's attention function --------------------------------------------------
     def allowed(self, q_len: int) -> torch.Tensor:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvfp.compressors.exact import ExactLayer
 from kvfp.compressors.gene import Gene
 from kvfp.compressors.scheme import Scheme
+from kvfp.compressors.stored import StoredLayer
 
 
 @dataclass(frozen=True)
@@ -24,8 +24,8 @@ class NoCompression(Scheme):
     def gene(self) -> Gene:
         return Gene(algorithm="none", phase="both")
 
-    def make_layer(self, layer_idx, num_layers, step):
-        return ExactLayer(step)
+    def make_layer(self, layer_idx, num_layers, step, prep=None, make_store=None):
+        return StoredLayer(step)
 
     @classmethod
     def from_match(cls, groups):

@@ -5,17 +5,29 @@ from __future__ import annotations
 import difflib
 import re
 
-from kvfp.compressors.int_pertoken import IntPerToken
+from kvfp.compressors import eviction, projection, quantization
+from kvfp.compressors.hybrid import Hybrid
 from kvfp.compressors.none import NoCompression
 from kvfp.compressors.scheme import Scheme
-from kvfp.compressors.window import SlidingWindow
 from kvfp.errors import UnknownNameError
 
-FAMILIES: tuple[type[Scheme], ...] = (NoCompression, IntPerToken, SlidingWindow)
+FAMILIES: tuple[type[Scheme], ...] = (
+    NoCompression, *quantization.FAMILIES, *eviction.FAMILIES, *projection.FAMILIES,
+)
+CANONICAL_HYBRIDS = ("window-512+int4-pertoken",)
 
 
 def canonical_schemes() -> list[Scheme]:
-    return [s for fam in FAMILIES for s in fam.canonical()]
+    singles = [s for fam in FAMILIES for s in fam.canonical()]
+    return singles + [parse_scheme(h) for h in CANONICAL_HYBRIDS if _parses(h)]
+
+
+def _parses(name: str) -> bool:
+    try:
+        parse_scheme(name)
+        return True
+    except UnknownNameError:
+        return False
 
 
 def canonical_names() -> list[str]:
@@ -23,15 +35,20 @@ def canonical_names() -> list[str]:
 
 
 def _grammar_help() -> str:
-    return "\n".join(f"  {fam.grammar}" for fam in FAMILIES)
+    return "\n".join(f"  {fam.grammar}" for fam in (*FAMILIES, Hybrid))
 
 
-def parse_scheme(name: str) -> Scheme:
-    """Parse a scheme name such as ``int8-pertoken`` or ``window-256``.
+def _unknown(name: str, text: str) -> UnknownNameError:
+    names = [s.name for fam in FAMILIES for s in fam.canonical()] + list(CANONICAL_HYBRIDS)
+    close = difflib.get_close_matches(text, names, n=3, cutoff=0.4)
+    hint = f"Did you mean: {', '.join(close)}?\n" if close else ""
+    return UnknownNameError(
+        f"unknown scheme {name!r}.\n{hint}Valid names follow these forms:\n{_grammar_help()}\n"
+        f"Canonical schemes: {', '.join(names)}"
+    )
 
-    Raises :class:`UnknownNameError` (exit code 2) naming the grammar and the closest valid names.
-    """
-    text = name.strip().lower()
+
+def _parse_single(name: str, text: str) -> Scheme:
     for fam in FAMILIES:
         m = re.fullmatch(fam.pattern, text)
         if m:
@@ -39,9 +56,22 @@ def parse_scheme(name: str) -> Scheme:
                 return fam.from_match(m.groupdict())
             except ValueError as e:
                 raise UnknownNameError(f"scheme {name!r}: {e}") from None
-    close = difflib.get_close_matches(text, canonical_names(), n=3, cutoff=0.4)
-    hint = f"Did you mean: {', '.join(close)}?\n" if close else ""
-    raise UnknownNameError(
-        f"unknown scheme {name!r}.\n{hint}Valid names follow these forms:\n{_grammar_help()}\n"
-        f"Canonical schemes: {', '.join(canonical_names())}"
-    )
+    raise _unknown(name, text)
+
+
+def parse_scheme(name: str) -> Scheme:
+    """Parse a scheme name such as ``int8-pertoken``, ``window-256`` or ``window-256+int4-pertoken``.
+
+    Raises :class:`UnknownNameError` (exit code 2) naming the grammar and the closest valid names.
+    """
+    text = name.strip().lower()
+    parts = text.split("+")
+    if len(parts) == 1:
+        return _parse_single(name, text)
+    if len(parts) != 2:
+        raise UnknownNameError(f"scheme {name!r}: a hybrid has exactly two parts, EVICTION+QUANTIZATION")
+    a, b = (_parse_single(name, p) for p in parts)
+    try:
+        return Hybrid(a, b)
+    except ValueError as e:
+        raise UnknownNameError(f"scheme {name!r}: {e}") from None

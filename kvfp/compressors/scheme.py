@@ -3,6 +3,7 @@ one cache layer per model layer."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -16,12 +17,16 @@ class Scheme:
 
     Class attributes describe the name grammar: ``family`` is the name's stem, ``grammar`` the
     pattern shown to users, ``pattern`` a regex whose named groups parse into the fields.
+    ``role`` says how the scheme composes in a hybrid ``a+b``: ``"eviction"`` schemes accept a
+    ``make_store`` for the entries they keep; ``"storage"`` schemes provide one via
+    ``make_store``; ``"standalone"`` ones do neither.
     """
 
     family: ClassVar[str]
     grammar: ClassVar[str]
     pattern: ClassVar[str]
     summary: ClassVar[str]
+    role: ClassVar[str] = "standalone"
 
     @property
     def name(self) -> str:
@@ -31,8 +36,17 @@ class Scheme:
     def gene(self) -> Gene:
         raise NotImplementedError
 
-    def make_layer(self, layer_idx: int, num_layers: int, step: StepState) -> KvfpLayer:
+    def prepare(self, model) -> dict | None:
+        """Model-specific data (calibration) computed once per attach; None for most schemes."""
+        return None
+
+    def make_layer(self, layer_idx: int, num_layers: int, step: StepState, prep: dict | None = None,
+                   make_store: Callable[[], object] | None = None) -> KvfpLayer:
         raise NotImplementedError
+
+    def make_store(self, layer_idx: int, num_layers: int, prep: dict | None = None) -> Callable[[], object]:
+        """For ``role == "storage"``: a factory of this scheme's store for one layer."""
+        raise NotImplementedError(f"{self.name} cannot be the storage half of a hybrid")
 
     @classmethod
     def from_match(cls, groups: dict[str, str]) -> Scheme:

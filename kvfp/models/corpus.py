@@ -10,7 +10,9 @@ the stdlib root (not on its content), so it is the same on every machine with th
 * files larger than ``MAX_FILE_BYTES`` are skipped: they are generated tables
   (``pydoc_data/topics.py``, unicode data) rather than code.
 
-Probes and calibration use held-out text only; training uses train files only.
+Probes and calibration use held-out text only, and never the same files: held-out files whose
+hash byte is ``< CALIBRATION_BYTE_BELOW`` are the **calibration** files (``calibration_text``);
+the other held-out files are the **probe** files (``probe_text``). Training uses train files only.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 MAX_FILE_BYTES = 256 * 1024
 HELD_OUT_BYTE_BELOW = 13  # 13/256 ≈ 5% of files
+CALIBRATION_BYTE_BELOW = 3  # of those, about a quarter calibrate schemes; no probe uses them
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,20 @@ def corpus_hash(files: list[CorpusFile]) -> str:
     return h.hexdigest()
 
 
-def heldout_text(max_chars: int | None = None) -> str:
-    """Held-out files joined by blank lines; the filler text of probes and calibration."""
-    text = "\n\n".join(f.text for f in load_split("heldout"))
+def is_calibration(relpath: str) -> bool:
+    return hashlib.sha256(relpath.encode()).digest()[0] < CALIBRATION_BYTE_BELOW
+
+
+def _joined(files: list[CorpusFile], max_chars: int | None) -> str:
+    text = "\n\n".join(f.text for f in files)
     return text if max_chars is None else text[:max_chars]
+
+
+def probe_text(max_chars: int | None = None) -> str:
+    """Held-out, non-calibration files joined by blank lines: the filler text of probes."""
+    return _joined([f for f in load_split("heldout") if not is_calibration(f.relpath)], max_chars)
+
+
+def calibration_text(max_chars: int | None = None) -> str:
+    """Held-out calibration files: what calibrated schemes fit on; no probe uses them."""
+    return _joined([f for f in load_split("heldout") if is_calibration(f.relpath)], max_chars)

@@ -1,4 +1,4 @@
-"""A small built-in prompt set: held-out stdlib text cut at exact token lengths.
+"""A small built-in prompt set: held-out (probe-split) stdlib text cut at exact token lengths.
 
 Model-agnostic (the model's own tokenizer cuts the text) and deterministic. The full probe
 generator (needles, copy spans, outliers…) builds on the same ``Prompt`` record.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from kvfp.models.corpus import heldout_text
+from kvfp.models.corpus import probe_text
 
 BUILTIN_LENGTHS = (256, 640, 1024, 1536)
 
@@ -33,7 +33,7 @@ def builtin_prompts(tokenizer, lengths=BUILTIN_LENGTHS, seed: int = 0) -> list[P
     ``n_tokens`` counts every id the model sees, BOS included where the tokenizer adds one.
     """
     need = sum(lengths) + 64 * len(lengths)
-    ids = tokenizer(heldout_text(max_chars=need * 8), add_special_tokens=False, verbose=False)["input_ids"]
+    ids = tokenizer(probe_text(max_chars=need * 8), add_special_tokens=False, verbose=False)["input_ids"]
     if len(ids) < need:
         raise ValueError("held-out text is too short for the built-in prompts")
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []

@@ -17,9 +17,12 @@ class Attached:
 
     def __init__(self, model, scheme: Scheme, base_attn: str):
         self.model, self.scheme, self.base_attn = model, scheme, base_attn
+        self.prep = scheme.prepare(model)  # calibration, loaded or computed once per attach
 
     def new_cache(self) -> KvfpCache:
-        return KvfpCache(self.scheme, self.model.config.num_hidden_layers, self.base_attn)
+        # the rotary module serves schemes that quantize or project pre-RoPE keys
+        rotary = getattr(getattr(self.model, "model", None), "rotary_emb", None)
+        return KvfpCache(self.scheme, self.model.config.num_hidden_layers, self.base_attn, rotary, self.prep)
 
 
 @contextmanager
@@ -37,8 +40,9 @@ def attach(model, scheme: Scheme):
             f"kvfp runs over the model's eager or sdpa attention; this model uses {base!r}. "
             "Load it with attn_implementation='sdpa' or 'eager'."
         )
+    attached = Attached(model, scheme, base)  # calibrates before anything on the model changes
     model.set_attn_implementation(attention.NAME)
     try:
-        yield Attached(model, scheme, base)
+        yield attached
     finally:
         model.set_attn_implementation(base)

@@ -44,6 +44,11 @@ def _is_plain_causal(allowed: torch.Tensor) -> bool:
     return bool(torch.equal(allowed, causal.expand_as(allowed)))
 
 
+def _to_query_heads(t: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """``(B, Hkv, …)`` per-KV-head tensors → ``(B, H, …)``; a shared head axis of 1 stays."""
+    return t if t.shape[1] in (1, n_heads) else t.repeat_interleave(n_heads // t.shape[1], dim=1)
+
+
 def kvfp_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     cache = kwargs.pop("kvfp_cache", None)
     if cache is None:
@@ -52,19 +57,23 @@ def kvfp_attention_forward(module, query, key, value, attention_mask, scaling=No
             "run the model through kvfp.runner (generate/replay) or kvfp.runner.attach"
         )
     layer = cache.layers[module.layer_idx]
-    q_len = query.shape[2]
-    allowed = layer.allowed(q_len)  # (B, Hm, q, S)
-    if allowed.shape[1] > 1:  # per-KV-head entries: expand the mask to query heads
-        allowed = allowed.repeat_interleave(query.shape[1] // allowed.shape[1], dim=1)
+    q_len, n_heads = query.shape[2], query.shape[1]
+    allowed = _to_query_heads(layer.allowed(q_len), n_heads)  # (B, H|1, q, S)
+    selected = layer.query_mask(query)
+    if selected is not None:
+        allowed = allowed & selected
+    bias = layer.logit_bias()  # (B, Hm, S)
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
 
-    if cache.base_attn == "sdpa" and not layer.wants_scores:
+    if cache.base_attn == "sdpa" and not layer.wants_scores and bias is None:
         mask = None if _is_plain_causal(allowed) else allowed
         return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
 
     additive = torch.zeros(allowed.shape, dtype=query.dtype, device=query.device)
-    additive.masked_fill_(~allowed, torch.finfo(query.dtype).min)
+    if bias is not None:
+        additive = additive + _to_query_heads(bias[:, :, None, :], n_heads).to(query.dtype)
+    additive = additive.masked_fill(~allowed, torch.finfo(query.dtype).min)
     out, probs = eager_attention(module, query, key, value, additive, scaling, dropout)
     if layer.wants_scores:
         layer.observe(probs)

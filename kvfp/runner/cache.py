@@ -17,16 +17,17 @@ class KvfpCache(Cache):
     kvfp reproduces the plain model bit for bit.
     """
 
-    def __init__(self, scheme: Scheme, num_layers: int, base_attn: str):
+    def __init__(self, scheme: Scheme, num_layers: int, base_attn: str, rotary=None, prep=None):
         self.scheme = scheme
         self.base_attn = base_attn
-        self.step = StepState()
-        layers = [scheme.make_layer(i, num_layers, self.step) for i in range(num_layers)]
+        self.step = StepState(rotary=rotary)
+        layers = [scheme.make_layer(i, num_layers, self.step, prep) for i in range(num_layers)]
         super().__init__(layers=layers)
 
-    def begin_step(self, attention_mask: torch.Tensor) -> None:
-        """Record the 2D mask ``(B, total_slots)`` covering every slot up to this forward."""
+    def begin_step(self, attention_mask: torch.Tensor, positions: torch.Tensor | None = None) -> None:
+        """Record the 2D mask and RoPE positions ``(B, total_slots)`` of every slot up to this forward."""
         self.step.valid = attention_mask.bool()
+        self.step.positions = positions
 
     def nbytes(self) -> int:
         return sum(layer.nbytes() for layer in self.layers)

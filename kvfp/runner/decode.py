@@ -32,9 +32,9 @@ def _run_batch(attached, prompts, n_steps, forced, topk, keep_logits) -> list[Tr
     cache = attached.new_cache()
 
     step_logits = []
-    inputs, pos = ids, positions
+    inputs, pos, all_pos = ids, positions, positions
     for t in range(n_steps):
-        cache.begin_step(mask)
+        cache.begin_step(mask, all_pos)
         out = model(input_ids=inputs, attention_mask=mask, position_ids=pos, cache=cache,
                     kvfp_cache=cache, use_cache=True, logits_to_keep=1)
         logits = out.logits[:, -1].float()  # (B, V)
@@ -45,6 +45,7 @@ def _run_batch(attached, prompts, n_steps, forced, topk, keep_logits) -> list[Tr
         inputs = nxt.view(B, 1).to(device)
         mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=-1)
         pos = pos[:, -1:] + 1
+        all_pos = torch.cat([all_pos, pos], dim=-1)
 
     logits = torch.stack(step_logits, dim=1)  # (B, steps, V)
     chosen = forced if forced is not None else logits.argmax(-1).cpu()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
+from kvfp.compressors.codecs import SymmetricPerToken
 from kvfp.compressors.gene import Gene
-from kvfp.compressors.quantized import PerTokenQuantLayer
 from kvfp.compressors.scheme import Scheme
+from kvfp.compressors.stored import StoredLayer
+from kvfp.compressors.stores import CodecStore
 
 
 @dataclass(frozen=True)
@@ -17,6 +20,7 @@ class IntPerToken(Scheme):
     grammar = "intB-pertoken  (B in 2..8)"
     pattern = r"int(?P<bits>\d+)-pertoken"
     summary = "symmetric integer codes, one absmax scale per token per head over head_dim"
+    role = "storage"
 
     def __post_init__(self):
         if not 2 <= self.bits <= 8:
@@ -33,8 +37,12 @@ class IntPerToken(Scheme):
             phase="decode", params={"bits": self.bits},
         )
 
-    def make_layer(self, layer_idx, num_layers, step):
-        return PerTokenQuantLayer(step, self.bits)
+    def make_store(self, layer_idx, num_layers, prep=None):
+        codec = SymmetricPerToken(self.bits)
+        return partial(CodecStore, codec, codec)
+
+    def make_layer(self, layer_idx, num_layers, step, prep=None, make_store=None):
+        return StoredLayer(step, self.make_store(layer_idx, num_layers, prep))
 
     @classmethod
     def from_match(cls, groups):

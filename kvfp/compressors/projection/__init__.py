@@ -1,0 +1,3 @@
+"""Schemes that change the representation of K/V: low rank, shared latents, token merging."""
+
+FAMILIES = ()
