@@ -13,7 +13,7 @@ from kvfp.datasets import read_traces
 runner = CliRunner()
 
 
-HELP_CASES = [[], ["version"], ["collect"], ["models"], ["models", "list"], ["models", "train-tiny"]]
+HELP_CASES = [[], ["version"], ["collect"], ["schemes"], ["models"], ["models", "list"], ["models", "train-tiny"]]
 
 
 @pytest.mark.parametrize("args", HELP_CASES)
@@ -88,3 +88,32 @@ def test_unknown_model_says_what_to_pass_without_traceback(tmp_path):
 def test_folder_without_config_is_refused(tmp_path):
     r = _run_cli("collect", "--model", str(tmp_path), "-s", "none", "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "config.json" in r.stderr
+
+
+def test_schemes_lists_canonical_names_with_genes():
+    from kvfp.compressors import canonical_names
+
+    r = runner.invoke(app, ["schemes", "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    assert [row["name"] for row in rows] == canonical_names()
+    assert all({"algorithm", "granularity", "phase", "params"} <= set(row["gene"]) for row in rows)
+
+
+def test_schemes_measure_reports_real_bytes():
+    r = runner.invoke(app, ["schemes", "--model", "kvfp-tiny", "--measure", "--json",
+                            "-s", "none", "-s", "int8-pertoken", "-s", "window-256"])
+    assert r.exit_code == 0, r.output
+    rows = {row["name"]: row for row in json.loads(r.stdout[r.stdout.index("["):])}
+    full = rows["none"]["uncompressed_bytes_per_token_layer"]
+    assert full == 2 * 2 * 32 * 4  # K and V, 2 KV heads, head_dim 32, float32
+    assert rows["none"]["bytes_per_token_layer"] == full
+    # int8: one byte per value plus one float32 scale per token per head, for K and V
+    assert rows["int8-pertoken"]["bytes_per_token_layer"] == 2 * 2 * (32 + 4)
+    # the window keeps 256 of the 1024 + 7 tokens it has seen
+    assert rows["window-256"]["bytes_per_token_layer"] == pytest.approx(full * 256 / 1031)
+
+
+def test_schemes_measure_needs_a_model():
+    r = runner.invoke(app, ["schemes", "--measure"])
+    assert r.exit_code == 2 and "--model" in r.output

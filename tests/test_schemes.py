@@ -21,7 +21,7 @@ def test_canonical_names_parse_to_themselves():
     ("windw-512", "window-512"),
     ("int9-pertoken", "bits must be in 2..8"),
     ("window-0", "at least 1"),
-    ("snapkv-0.5", "Valid names"),
+    ("snapkvv-0.5", "Valid names"),
 ])
 def test_bad_names_explain(bad, hint):
     with pytest.raises(UnknownNameError) as e:

@@ -4,6 +4,7 @@ import typer
 
 from kvfp.cli import models
 from kvfp.cli.collect import collect
+from kvfp.cli.schemes import schemes
 from kvfp.cli.version import version
 
 app = typer.Typer(
@@ -15,6 +16,7 @@ app = typer.Typer(
 )
 app.command()(version)
 app.command()(collect)
+app.command()(schemes)
 app.add_typer(models.app, name="models")
 
 

@@ -10,7 +10,20 @@ from dataclasses import dataclass
 
 import torch
 
-from kvfp.kernels import dequantize_symmetric, quantize_symmetric
+from kvfp.kernels.quant_ref import (
+    dequantize_asymmetric_groups,
+    dequantize_fp4_e2m1,
+    dequantize_fp8,
+    dequantize_levels,
+    dequantize_symmetric,
+    mse_clip,
+    quantize_asymmetric_groups,
+    quantize_fp4_e2m1,
+    quantize_fp8,
+    quantize_symmetric,
+    quantize_symmetric_clipped,
+    quantize_to_levels,
+)
 
 
 class TokenCodec:
@@ -47,3 +60,133 @@ class SymmetricPerToken(TokenCodec):
 
     def nbytes(self, enc):
         return packed_bytes(enc["codes"], self.bits) + plain_bytes(enc["scale"])
+
+
+def _per_head(values: tuple[float, ...], x: torch.Tensor) -> torch.Tensor:
+    """A per-KV-head (or single) constant as ``(1, H|1, 1, 1)`` float32 on ``x``'s device."""
+    t = torch.tensor(values, dtype=torch.float32, device=x.device)
+    if len(values) not in (1, x.shape[1]):
+        raise ValueError(f"{len(values)} per-head constants for {x.shape[1]} KV heads")
+    return t.view(1, -1, 1, 1)
+
+
+@dataclass(frozen=True)
+class AsymmetricGroups(TokenCodec):
+    """Asymmetric (zero-point) integer codes per group of ``group`` channels of head_dim (0: the
+    whole head_dim, i.e. per token). Scale and minimum are float32 per group."""
+
+    bits: int
+    group: int = 0
+
+    def encode(self, x):
+        codes, scale, mn = quantize_asymmetric_groups(x, self.bits, self.group or x.shape[-1])
+        return {"codes": codes, "scale": scale, "mn": mn}
+
+    def decode(self, enc, dtype):
+        return dequantize_asymmetric_groups(enc["codes"], enc["scale"], enc["mn"], dtype)
+
+    def nbytes(self, enc):
+        return packed_bytes(enc["codes"], self.bits) + plain_bytes(enc["scale"], enc["mn"])
+
+
+@dataclass(frozen=True)
+class ClippedPerToken(TokenCodec):
+    """Symmetric per-token codes whose range is ``min(absmax, clip[h])``: a fixed (calibrated)
+    clipping threshold per KV head ``h`` caps each token's absmax scale."""
+
+    bits: int
+    clip: tuple[float, ...]
+
+    def encode(self, x):
+        amax = x.abs().amax(-1, keepdim=True).float()
+        codes, scale = quantize_symmetric_clipped(x, self.bits, torch.minimum(amax, _per_head(self.clip, x)))
+        return {"codes": codes, "scale": scale}
+
+    def decode(self, enc, dtype):
+        return dequantize_symmetric(enc["codes"], enc["scale"], dtype)
+
+    def nbytes(self, enc):
+        return packed_bytes(enc["codes"], self.bits) + plain_bytes(enc["scale"]) + 4 * len(self.clip)
+
+
+MSE_RATIOS = tuple(round(1.0 - 0.05 * i, 2) for i in range(11))  # 1.00, 0.95 … 0.50
+
+
+@dataclass(frozen=True)
+class MSEClippedPerToken(TokenCodec):
+    """Symmetric per-token codes with the clip ratio (of the token's absmax) that minimises the
+    token's squared error over the grid ``ratios``."""
+
+    bits: int
+    ratios: tuple[float, ...] = MSE_RATIOS
+
+    def encode(self, x):
+        codes, scale = quantize_symmetric_clipped(x, self.bits, mse_clip(x, self.bits, self.ratios))
+        return {"codes": codes, "scale": scale}
+
+    def decode(self, enc, dtype):
+        return dequantize_symmetric(enc["codes"], enc["scale"], dtype)
+
+    def nbytes(self, enc):
+        return packed_bytes(enc["codes"], self.bits) + plain_bytes(enc["scale"])
+
+
+@dataclass(frozen=True)
+class LevelsPerToken(TokenCodec):
+    """Per token: ``x / absmax`` rounded to the nearest of a fixed level set on ``[-1, 1]``
+    (ascending); codes take ``ceil(log2(len(levels)))`` bits."""
+
+    levels: tuple[float, ...]
+
+    @property
+    def bits(self) -> int:
+        return max(1, (len(self.levels) - 1).bit_length())
+
+    def encode(self, x):
+        amax = x.abs().amax(-1, keepdim=True).float()
+        scale = torch.where(amax > 0, amax, torch.ones_like(amax))
+        lv = torch.tensor(self.levels, dtype=torch.float32)
+        return {"codes": quantize_to_levels(x.float() / scale, lv), "scale": scale}
+
+    def decode(self, enc, dtype):
+        lv = torch.tensor(self.levels, dtype=torch.float32)
+        return (dequantize_levels(enc["codes"], lv) * enc["scale"]).to(dtype)
+
+    def nbytes(self, enc):
+        return packed_bytes(enc["codes"], self.bits) + plain_bytes(enc["scale"])
+
+
+@dataclass(frozen=True)
+class FP8(TokenCodec):
+    """FP8 codes of ``x / scale`` (``fmt`` ``e4m3`` or ``e5m2``), with one static scale per tensor
+    (a 1-tuple) or per KV head. The static scales are counted once per store."""
+
+    fmt: str
+    scale: tuple[float, ...] = (1.0,)
+
+    def encode(self, x):
+        return {"codes": quantize_fp8(x, self.fmt, _per_head(self.scale, x))}
+
+    def decode(self, enc, dtype):
+        codes = enc["codes"]
+        return dequantize_fp8(codes, self.fmt, _per_head(self.scale, codes), dtype)
+
+    def nbytes(self, enc):
+        return plain_bytes(enc["codes"]) + 4 * len(self.scale)
+
+
+@dataclass(frozen=True)
+class FP4Blocks(TokenCodec):
+    """NVFP4-style FP4 (E2M1) codes in blocks of ``block`` channels, one FP8 E4M3 scale per block."""
+
+    block: int = 16
+
+    def encode(self, x):
+        codes, scale = quantize_fp4_e2m1(x, self.block)
+        return {"codes": codes, "scale": scale}
+
+    def decode(self, enc, dtype):
+        return dequantize_fp4_e2m1(enc["codes"], enc["scale"], dtype)
+
+    def nbytes(self, enc):
+        return packed_bytes(enc["codes"], 4) + plain_bytes(enc["scale"])

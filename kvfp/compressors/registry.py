@@ -14,7 +14,7 @@ from kvfp.errors import UnknownNameError
 FAMILIES: tuple[type[Scheme], ...] = (
     NoCompression, *quantization.FAMILIES, *eviction.FAMILIES, *projection.FAMILIES,
 )
-CANONICAL_HYBRIDS = ("window-512+int4-pertoken",)
+CANONICAL_HYBRIDS = ("window-512+int4-pertoken", "h2o-0.1-0.1+int4-pertoken", "snapkv-0.5+kivi-2")
 
 
 def canonical_schemes() -> list[Scheme]:

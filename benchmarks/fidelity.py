@@ -1,0 +1,80 @@
+"""Fidelity of every catalogue scheme on kvfp-tiny: perplexity, memory, runner time.
+
+For each held-out (probe-split) window of ``--context`` tokens, the first half is the prompt
+(prefill) and the second half is replayed one token per forward through the decode path, where
+compression acts; perplexity is over the replayed tokens. Memory is the cache's own byte count
+per token per layer at the end; time is the replay's wall time, as a ratio to ``none`` measured
+in the same run.
+
+    python benchmarks/fidelity.py [--windows 2] [--context 2048] [--scheme NAME ...] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+
+import numpy as np
+import torch
+
+from kvfp.compressors import canonical_schemes, parse_scheme
+from kvfp.models import load
+from kvfp.models.corpus import probe_text
+from kvfp.runner import replay
+
+
+def windows(tok, n: int, length: int) -> list[list[int]]:
+    ids = tok(probe_text(), add_special_tokens=False, verbose=False)["input_ids"]
+    body = length - 1
+    # spread the windows over the probe text rather than taking adjacent ones
+    stride = max(body, (len(ids) - body) // max(1, n))
+    return [[tok.bos_token_id] + ids[i * stride: i * stride + body] for i in range(n)]
+
+
+def run(scheme, model, wins, half):
+    nll, n_tok, mem = 0.0, 0, None
+    t0 = time.perf_counter()
+    for w in wins:
+        tr = replay(model, scheme, [w[:half]], [w[half:]], topk=1)[0]
+        nll -= float(np.sum(tr.token_logprobs))
+        n_tok += tr.steps
+        mem = tr.meta["memory"]
+    return math.exp(nll / n_tok), mem, time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--windows", type=int, default=2)
+    ap.add_argument("--context", type=int, default=2048)
+    ap.add_argument("--scheme", action="append")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model, tok = load("kvfp-tiny")
+    wins = windows(tok, args.windows, args.context)
+    half = args.context // 2
+    schemes = [parse_scheme(s) for s in args.scheme] if args.scheme else canonical_schemes()
+    if schemes[0].name != "none":
+        schemes = [parse_scheme("none")] + [s for s in schemes if s.name != "none"]
+    base_ppl, base_mem, base_t = run(schemes[0], model, wins, half)
+    print(f"kvfp-tiny, {args.windows} windows of {args.context} tokens, perplexity over the last {args.context - half} "
+          f"(decode path); torch threads {torch.get_num_threads()}")
+    print(f"{'scheme':34s} {'ppl':>8s} {'Δppl':>8s} {'Δppl%':>7s} {'mem ratio':>9s} {'time ratio':>10s}")
+    rows = []
+    for s in schemes:
+        ppl, mem, t = (base_ppl, base_mem, base_t) if s is schemes[0] else run(s, model, wins, half)
+        ratio = mem["bytes_per_token_layer"] / mem["uncompressed_bytes_per_token_layer"]
+        row = {"scheme": s.name, "ppl": ppl, "delta_ppl": ppl - base_ppl, "mem_ratio": ratio,
+               "time_ratio": t / base_t}
+        rows.append(row)
+        print(f"{s.name:34s} {ppl:8.3f} {ppl - base_ppl:+8.3f} {100 * (ppl / base_ppl - 1):+6.1f}% "
+              f"{ratio:9.3f} {t / base_t:10.2f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
