@@ -44,6 +44,20 @@ def run(scheme, model, wins, half):
     return math.exp(nll / n_tok), mem, time.perf_counter() - t0
 
 
+# Budget pairs for the literature's pattern "eviction at 10% budget is worse than at 50%".
+EXTRA = ("h2o-0.05-0.05", "h2o-0.25-0.25", "snapkv-0.1", "tova-0.1", "knorm-0.1", "vatp-0.1", "pyramidkv-0.1")
+PATTERNS = (
+    ("naive int2 clearly worse than int4", "int2-pertoken", ">", "int4-pertoken"),
+    ("KIVI-2 much better than naive int2", "kivi-2", "<", "int2-pertoken"),
+    ("H2O at 10% worse than at 50%", "h2o-0.05-0.05", ">", "h2o-0.25-0.25"),
+    ("SnapKV at 10% worse than at 50%", "snapkv-0.1", ">", "snapkv-0.5"),
+    ("TOVA at 10% worse than at 50%", "tova-0.1", ">", "tova-0.5"),
+    ("key norm at 10% worse than at 50%", "knorm-0.1", ">", "knorm-0.5"),
+    ("VATP at 10% worse than at 50%", "vatp-0.1", ">", "vatp-0.5"),
+    ("PyramidKV at 10% worse than at 50%", "pyramidkv-0.1", ">", "pyramidkv-0.5"),
+)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--windows", type=int, default=2)
@@ -55,7 +69,10 @@ def main():
     model, tok = load("kvfp-tiny")
     wins = windows(tok, args.windows, args.context)
     half = args.context // 2
-    schemes = [parse_scheme(s) for s in args.scheme] if args.scheme else canonical_schemes()
+    if args.scheme:
+        schemes = [parse_scheme(s) for s in args.scheme]
+    else:
+        schemes = canonical_schemes() + [parse_scheme(s) for s in EXTRA]
     if schemes[0].name != "none":
         schemes = [parse_scheme("none")] + [s for s in schemes if s.name != "none"]
     base_ppl, base_mem, base_t = run(schemes[0], model, wins, half)
@@ -71,6 +88,11 @@ def main():
         rows.append(row)
         print(f"{s.name:34s} {ppl:8.3f} {ppl - base_ppl:+8.3f} {100 * (ppl / base_ppl - 1):+6.1f}% "
               f"{ratio:9.3f} {t / base_t:10.2f}", flush=True)
+    ppl = {r["scheme"]: r["ppl"] for r in rows}
+    for text, a, op, b in PATTERNS:
+        if a in ppl and b in ppl:
+            holds = ppl[a] > ppl[b] if op == ">" else ppl[a] < ppl[b]
+            print(f"pattern: {text}: {a} {ppl[a]:.3f} {op} {b} {ppl[b]:.3f}? {'yes' if holds else 'NO'}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

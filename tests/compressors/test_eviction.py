@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from transformers import AutoConfig
 
 from kvfp.compressors import calibration, parse_scheme
 from kvfp.compressors.eviction.duo import retrieval_heads
@@ -18,11 +19,13 @@ from kvfp.compressors.eviction.pyramidkv import pyramid_schedule
 from kvfp.compressors.layer import StepState
 from kvfp.compressors.stores import CodecStore
 from kvfp.errors import UnknownNameError
+from kvfp.models.loading import PACKAGED
 from kvfp.runner import attach, generate
 from tests.conftest import prompt
 
 L, NEW = 160, 3  # prompt length and decode steps of the model checks
-N_LAYERS, N_KV = 6, 2
+_CFG = AutoConfig.from_pretrained(PACKAGED["kvfp-tiny"])
+N_LAYERS, N_KV = _CFG.num_hidden_layers, _CFG.num_key_value_heads
 
 
 @pytest.fixture(scope="module", autouse=True)

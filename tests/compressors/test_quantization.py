@@ -543,10 +543,12 @@ def test_calibrations_match_independent_statistics(tiny):
     prep = mixed.prepare(model)
     sens = fit_layer_sensitivity(kv, 4)["sensitivity"]
     assert torch.equal(prep["sensitivity"], sens)
-    top2 = set(sens.argsort(descending=True)[:2].tolist())
-    bits = [mixed.make_store(i, 6, prep)().k_codec.bits for i in range(6)]
-    assert [i for i, b in enumerate(bits) if b == 8] == sorted(top2)
-    assert bits.count(4) == 4
+    L = model.config.num_hidden_layers
+    n_high = int(0.25 * L + 0.5)  # the documented rule: floor(0.25·L + 0.5) layers at int8
+    top = set(sens.argsort(descending=True)[:n_high].tolist())
+    bits = [mixed.make_store(i, L, prep)().k_codec.bits for i in range(L)]
+    assert [i for i, b in enumerate(bits) if b == 8] == sorted(top)
+    assert bits.count(4) == L - n_high
 
 
 @pytest.mark.parametrize("sens, frac, expected", [
