@@ -51,6 +51,39 @@ class ExactStore:
         return 0 if self.k is None else self.k.numel() * self.k.element_size() * 2
 
 
+class MirroredStore:
+    """Base of stores that keep one dict of per-token encodings (token axis 2) plus decoded K/V.
+
+    Subclasses encode and decode; this class grows, reads and subsets the two in step. The
+    mirror is what the encodings decode to; ``nbytes`` (a subclass's) counts the encodings.
+    """
+
+    def __init__(self):
+        self.enc: dict[str, torch.Tensor] | None = None
+        self.k_dec = self.v_dec = None
+
+    def __len__(self) -> int:
+        return 0 if self.k_dec is None else self.k_dec.shape[-2]
+
+    def _push(self, enc: dict[str, torch.Tensor], kd: torch.Tensor, vd: torch.Tensor) -> None:
+        if self.enc is None:
+            self.enc, self.k_dec, self.v_dec = enc, kd, vd
+        else:
+            self.enc = {n: torch.cat([self.enc[n], enc[n]], dim=2) for n in enc}
+            self.k_dec = torch.cat([self.k_dec, kd], dim=-2)
+            self.v_dec = torch.cat([self.v_dec, vd], dim=-2)
+
+    def keys(self) -> torch.Tensor:
+        return self.k_dec
+
+    def values(self) -> torch.Tensor:
+        return self.v_dec
+
+    def select(self, idx: torch.Tensor) -> None:
+        self.enc = {n: _gather_tokens(t, idx) for n, t in self.enc.items()}
+        self.k_dec, self.v_dec = _gather_tokens(self.k_dec, idx), _gather_tokens(self.v_dec, idx)
+
+
 class CodecStore:
     """Entries encoded token by token (every code and scale belongs to one token), so any subset
     of tokens can be kept without re-encoding.

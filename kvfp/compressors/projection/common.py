@@ -13,7 +13,7 @@ import torch
 
 from kvfp.compressors.layer import StepState
 from kvfp.compressors.rope import apply_rope, rope_cos_sin, undo_rope
-from kvfp.compressors.stores import _gather_tokens
+from kvfp.compressors.stores import MirroredStore
 from kvfp.errors import KvfpError
 
 
@@ -57,7 +57,7 @@ def require_prep(prep, name: str) -> dict:
     return prep
 
 
-class ProjectedStore:
+class ProjectedStore(MirroredStore):
     """Entries kept as per-token coordinates (model dtype) plus a decoded mirror.
 
     Subclasses implement ``encode(k_pre, k, v)`` (all float32 ``(B, H, q, D)``: pre-RoPE keys,
@@ -69,13 +69,9 @@ class ProjectedStore:
     """
 
     def __init__(self, step: StepState):
+        super().__init__()
         self.step = step
         self.appended = 0  # slots appended so far (the offset of the next token's position)
-        self.enc: dict[str, torch.Tensor] | None = None
-        self.k_dec = self.v_dec = None
-
-    def __len__(self) -> int:
-        return 0 if self.k_dec is None else self.k_dec.shape[-2]
 
     def _rope(self, k: torch.Tensor):
         """cos/sin ``(B, 1, q, D)`` at the new tokens' positions; None when the model has no RoPE."""
@@ -95,23 +91,7 @@ class ProjectedStore:
         k_pre = kf if rope is None else undo_rope(kf, *rope)
         enc = {n: t.to(k.dtype) for n, t in self.encode(k_pre, kf, v.float()).items()}
         kd, vd = self.decode(enc, rope)
-        kd, vd = kd.to(k.dtype), vd.to(v.dtype)
-        if self.enc is None:
-            self.enc, self.k_dec, self.v_dec = enc, kd, vd
-        else:
-            self.enc = {n: torch.cat([self.enc[n], enc[n]], dim=2) for n in enc}
-            self.k_dec = torch.cat([self.k_dec, kd], dim=-2)
-            self.v_dec = torch.cat([self.v_dec, vd], dim=-2)
-
-    def keys(self) -> torch.Tensor:
-        return self.k_dec
-
-    def values(self) -> torch.Tensor:
-        return self.v_dec
-
-    def select(self, idx: torch.Tensor) -> None:
-        self.enc = {n: _gather_tokens(t, idx) for n, t in self.enc.items()}
-        self.k_dec, self.v_dec = _gather_tokens(self.k_dec, idx), _gather_tokens(self.v_dec, idx)
+        self._push(enc, kd.to(k.dtype), vd.to(v.dtype))
 
     def nbytes(self) -> int:
         if self.enc is None:

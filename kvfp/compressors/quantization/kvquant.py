@@ -17,7 +17,7 @@ from kvfp.compressors.quantization.common import NOOP_BITS, check_bits
 from kvfp.compressors.rope import apply_rope, rope_cos_sin, undo_rope
 from kvfp.compressors.scheme import Scheme
 from kvfp.compressors.stored import StoredLayer
-from kvfp.compressors.stores import _gather_tokens
+from kvfp.compressors.stores import MirroredStore
 from kvfp.kernels.quant_ref import dequantize_levels, quantize_to_levels
 
 OUTLIER_INDEX_BYTES = 4  # an int32 position per sparse outlier, beside its value
@@ -96,7 +96,7 @@ def fit_kvquant(kv: list[dict], bits: int, frac: float) -> dict[str, torch.Tenso
 # -- the store --------------------------------------------------------------------------------
 
 
-class KVQuantStore:
+class KVQuantStore(MirroredStore):
     """Per-token encodings (so any subset of tokens can be kept), with a decoded mirror.
 
     Keys: RoPE is undone at the token's position; each channel is normalised by its calibrated
@@ -110,19 +110,16 @@ class KVQuantStore:
     """
 
     def __init__(self, bits, k_lo, k_hi, k_levels, v_levels, frac):
+        super().__init__()
         self.bits = bits
         self.k_mid = ((k_hi + k_lo) / 2).view(1, *k_lo.shape[:1], 1, -1)  # (1, H, 1, D)
         self.k_half = ((k_hi - k_lo) / 2).clamp(min=1e-8).view(1, *k_lo.shape[:1], 1, -1)
         self.k_levels, self.v_levels, self.frac = k_levels, v_levels, frac
-        self.enc = self.k_dec = self.v_dec = None
         self.ctx = None
 
     def set_context(self, cos: torch.Tensor | None, sin: torch.Tensor | None, sink: torch.Tensor) -> None:
         """``cos``/``sin`` ``(B, 1, q, D)`` (None: no RoPE), ``sink`` ``(B, q)`` bool."""
         self.ctx = (cos, sin, sink)
-
-    def __len__(self) -> int:
-        return 0 if self.k_dec is None else self.k_dec.shape[-2]
 
     def _encode(self, k, v):
         cos, sin, sink = self.ctx
@@ -152,22 +149,7 @@ class KVQuantStore:
             raise RuntimeError("KVQuantStore.append needs set_context first (a KVQuantLayer does it)")
         enc, kd, vd = self._encode(k, v)
         self.ctx = None
-        if self.enc is None:
-            self.enc, self.k_dec, self.v_dec = enc, kd, vd
-        else:
-            self.enc = {n: torch.cat([self.enc[n], enc[n]], dim=2) for n in enc}
-            self.k_dec = torch.cat([self.k_dec, kd], dim=-2)
-            self.v_dec = torch.cat([self.v_dec, vd], dim=-2)
-
-    def keys(self) -> torch.Tensor:
-        return self.k_dec
-
-    def values(self) -> torch.Tensor:
-        return self.v_dec
-
-    def select(self, idx: torch.Tensor) -> None:
-        self.enc = {n: _gather_tokens(t, idx) for n, t in self.enc.items()}
-        self.k_dec, self.v_dec = _gather_tokens(self.k_dec, idx), _gather_tokens(self.v_dec, idx)
+        self._push(enc, kd, vd)
 
     def nbytes(self) -> int:
         """Non-sink entries: packed codes for K and V, a float32 (mid, half) per value vector, and
