@@ -2,14 +2,16 @@
 #   make demo   set up, then run the main job on the packaged model
 #   make test   set up, then run the test suite
 PY ?= python3
+# --system-site-packages: a machine that already has torch (a GPU box) keeps its own build;
+# `make test VENV_FLAGS=` builds an isolated environment instead (what a bare machine gets)
+VENV_FLAGS ?= --system-site-packages
 VENV := .venv
 BIN := $(VENV)/bin
 
 .PHONY: setup demo test lint
 
 $(BIN)/python:
-	# --system-site-packages: a machine that already has torch (a GPU box) keeps its own build
-	$(PY) -m venv --system-site-packages $(VENV)
+	$(PY) -m venv $(VENV_FLAGS) $(VENV)
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	# torch first, pinned to the CPU build: an unpinned torch pulls gigabytes of CUDA wheels
