@@ -46,21 +46,26 @@ def _tokenizer_for(model):
     return AutoTokenizer.from_pretrained(model.name_or_path)
 
 
-@torch.no_grad()
-def capture_kv(model, tokenizer=None) -> list[dict[str, torch.Tensor]]:
-    """Per layer: ``k_pre``, ``k`` (post-RoPE) and ``v``, each ``(N, Hkv, T, D)`` float32 on CPU,
-    over ``CALIB_WINDOWS`` BOS-prefixed windows of ``CALIB_LEN`` calibration tokens."""
+def calibration_windows(model, tokenizer=None) -> list[list[int]]:
+    """``CALIB_WINDOWS`` BOS-prefixed windows of ``CALIB_LEN`` calibration-text token ids: the
+    input every calibration runs the model on."""
     from kvfp.models.corpus import calibration_text
 
-    key = ("kv", id(model), model_fingerprint(model))
-    if key in _memory:
-        return _memory[key]
     tok = tokenizer or _tokenizer_for(model)
     ids = tok(calibration_text(), add_special_tokens=False, verbose=False)["input_ids"]
     body = CALIB_LEN - 1
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-    rows = [bos + ids[i * body:(i + 1) * body] for i in range(CALIB_WINDOWS)]
-    x = torch.tensor([r[:CALIB_LEN] for r in rows], device=model.device)
+    return [(bos + ids[i * body:(i + 1) * body])[:CALIB_LEN] for i in range(CALIB_WINDOWS)]
+
+
+@torch.no_grad()
+def capture_kv(model, tokenizer=None) -> list[dict[str, torch.Tensor]]:
+    """Per layer: ``k_pre``, ``k`` (post-RoPE) and ``v``, each ``(N, Hkv, T, D)`` float32 on CPU,
+    over ``CALIB_WINDOWS`` BOS-prefixed windows of ``CALIB_LEN`` calibration tokens."""
+    key = ("kv", id(model), model_fingerprint(model))
+    if key in _memory:
+        return _memory[key]
+    x = torch.tensor(calibration_windows(model, tokenizer), device=model.device)
     positions = torch.arange(x.shape[1], device=model.device).expand(x.shape[0], -1)
     cache = DynamicCache(config=model.config)
     model(input_ids=x, position_ids=positions, cache=cache, use_cache=True)

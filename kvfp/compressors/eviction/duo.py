@@ -71,15 +71,10 @@ class _MassRecorder(Scheme):
 def calibrate_mass(model, sinks: int, window: int) -> torch.Tensor:
     """``(layers, Hkv)``: mean :func:`outside_mass` of each KV head over the calibration windows
     (the same BOS-prefixed windows of held-out calibration text as ``capture_kv``)."""
-    from kvfp.compressors.calibration import CALIB_LEN, CALIB_WINDOWS, _tokenizer_for
-    from kvfp.models.corpus import calibration_text
+    from kvfp.compressors.calibration import calibration_windows
     from kvfp.runner.attach import attach
 
-    tok = _tokenizer_for(model)
-    ids = tok(calibration_text(), add_special_tokens=False, verbose=False)["input_ids"]
-    body = CALIB_LEN - 1
-    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-    rows = [(bos + ids[i * body:(i + 1) * body])[:CALIB_LEN] for i in range(CALIB_WINDOWS)]
+    rows = calibration_windows(model)
     cfg = model.config
     recorder = _MassRecorder(sinks, window)
     recorder.totals.extend(torch.zeros(cfg.num_key_value_heads) for _ in range(cfg.num_hidden_layers))
