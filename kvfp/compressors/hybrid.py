@@ -48,7 +48,7 @@ class Hybrid(Scheme):
 
     def make_layer(self, layer_idx, num_layers, step, prep=None, make_store=None):
         prep = prep or {}
-        store = self.store.make_store(layer_idx, num_layers, prep.get("store"))
+        store = self.store.make_store(layer_idx, num_layers, prep.get("store"), step)
         return self.evict.make_layer(layer_idx, num_layers, step, prep.get("evict"), make_store=store)
 
     @classmethod

@@ -44,8 +44,10 @@ class Scheme:
                    make_store: Callable[[], object] | None = None) -> KvfpLayer:
         raise NotImplementedError
 
-    def make_store(self, layer_idx: int, num_layers: int, prep: dict | None = None) -> Callable[[], object]:
-        """For ``role == "storage"``: a factory of this scheme's store for one layer."""
+    def make_store(self, layer_idx: int, num_layers: int, prep: dict | None = None,
+                   step: StepState | None = None) -> Callable[[], object]:
+        """For ``role == "storage"``: a factory of this scheme's store for one layer. ``step`` is
+        the layer's step state, for stores that need token positions (pre-RoPE projections)."""
         raise NotImplementedError(f"{self.name} cannot be the storage half of a hybrid")
 
     @classmethod

@@ -348,3 +348,22 @@ def test_calibration_is_cached_on_disk(tiny, monkeypatch, name, fit_name):
     monkeypatch.setattr(calibration, "capture_kv", no_capture)
     second = scheme.prepare(model)
     assert first.keys() == second.keys() and all(torch.equal(first[n], second[n]) for n in first)
+
+
+@pytest.mark.parametrize("name", ["window-64+svd-r16", "h2o-0.1-0.1+svd-r8"])
+def test_low_rank_holds_an_eviction_schemes_entries(tiny, heldout_ids, name):
+    """svd is token-local, so it can be a hybrid's storage half: the eviction decides which
+    tokens stay, the projection how they are kept."""
+    model, tok = tiny
+    p = prompt(heldout_ids, tok, 200)
+    evict = name.split("+")[0]
+    hybrid = generate(model, parse_scheme(name), [p], 4, logits=True)[0]
+    alone = generate(model, parse_scheme(evict), [p], 4, logits=True)[0]
+    assert parse_scheme(name).gene.algorithm == "hybrid"
+    assert hybrid.meta["memory"]["bytes_per_token_layer"] < alone.meta["memory"]["bytes_per_token_layer"]
+    assert np.abs(hybrid.logits[1:] - alone.logits[1:]).max() > 1e-4  # the projection shows at decode
+
+
+def test_latent_refuses_to_be_a_hybrid_store():
+    with pytest.raises(UnknownNameError, match="storage"):
+        parse_scheme("window-64+mla-48")

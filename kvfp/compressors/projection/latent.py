@@ -143,6 +143,7 @@ class LatentMLA(Scheme):
                f"frequency pairs kept apart per key head, default {DEFAULT_PAIRS})")
     pattern = r"mla-(?P<latent>\d+)(?:-r(?P<pairs>\d+))?"
     summary = "K and V of all heads jointly mapped to one latent per token, a few RoPE dims kept apart"
+    # standalone: the latent is shared by all heads, so it cannot hold a per-head eviction's entries
 
     def __post_init__(self):
         if self.latent < 1:
@@ -184,9 +185,12 @@ class LatentMLA(Scheme):
         device = model_device(model)
         return {"basis": fit["basis"].to(device), "rope_idx": fit["rope_idx"].to(device)}
 
-    def make_layer(self, layer_idx, num_layers, step, prep=None, make_store=None):
+    def make_store(self, layer_idx, num_layers, prep=None, step=None):
         prep = require_prep(prep, self.name)
-        return StoredLayer(step, partial(LatentStore, step, prep["basis"][layer_idx], prep["rope_idx"][layer_idx]))
+        return partial(LatentStore, step, prep["basis"][layer_idx], prep["rope_idx"][layer_idx])
+
+    def make_layer(self, layer_idx, num_layers, step, prep=None, make_store=None):
+        return StoredLayer(step, self.make_store(layer_idx, num_layers, prep, step))
 
     @classmethod
     def from_match(cls, groups):

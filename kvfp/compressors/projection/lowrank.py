@@ -85,9 +85,8 @@ class LowRankSVD(Scheme):
     projected cache (StoredLayer's prefill-exact rule: the kernel reads a chunk's K/V before
     they are written). ``nbytes`` counts the coordinates only: the bases are model constants.
 
-    ``role`` is ``"standalone"``: the projection is token-local and would commute with token
-    selection, but a hybrid's storage half gets no step state (``Scheme.make_store`` has no
-    ``step``), and the RoPE positions are needed to de-rotate keys.
+    ``role`` is ``"storage"``: the projection is token-local, so it commutes with token selection
+    and can hold an eviction scheme's kept entries (``window-512+svd-r16``).
     """
 
     k_rank: int = 16
@@ -98,6 +97,7 @@ class LowRankSVD(Scheme):
                "K and V set the key and value rank)")
     pattern = r"svd(?:-r(?P<rank>\d+))?(?:-k(?P<k>\d+))?(?:-v(?P<v>\d+))?"
     summary = "per-head K/V projected on a calibrated rank-r basis (pre-RoPE keys)"
+    role = "storage"
 
     def __post_init__(self):
         if self.k_rank < 1 or self.v_rank < 1:
@@ -133,9 +133,12 @@ class LowRankSVD(Scheme):
             "v": fit["v_basis"][..., : self.v_rank].to(device),
         }
 
-    def make_layer(self, layer_idx, num_layers, step, prep=None, make_store=None):
+    def make_store(self, layer_idx, num_layers, prep=None, step=None):
         prep = require_prep(prep, self.name)
-        return StoredLayer(step, partial(LowRankStore, step, prep["k"][layer_idx], prep["v"][layer_idx]))
+        return partial(LowRankStore, step, prep["k"][layer_idx], prep["v"][layer_idx])
+
+    def make_layer(self, layer_idx, num_layers, step, prep=None, make_store=None):
+        return StoredLayer(step, self.make_store(layer_idx, num_layers, prep, step))
 
     @classmethod
     def from_match(cls, groups):

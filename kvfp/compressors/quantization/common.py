@@ -45,7 +45,7 @@ class StorageScheme(Scheme):
     def codecs(self, layer_idx: int, num_layers: int, prep: dict | None) -> tuple[TokenCodec, TokenCodec]:
         raise NotImplementedError
 
-    def make_store(self, layer_idx, num_layers, prep=None):
+    def make_store(self, layer_idx, num_layers, prep=None, step=None):
         if self.is_noop:
             return ExactStore
         return partial(CodecStore, *self.codecs(layer_idx, num_layers, prep))

@@ -50,7 +50,7 @@ class IntPerChannel(StorageScheme):
             params={"bits": self.bits, "block": self.block},
         )
 
-    def make_store(self, layer_idx, num_layers, prep=None):
+    def make_store(self, layer_idx, num_layers, prep=None, step=None):
         if self.is_noop:
             return ExactStore
         return partial(perchannel_store, self.bits, self.block)

@@ -68,7 +68,7 @@ class Kivi(StorageScheme):
             params={"bits": self.bits, "group_size": self.group, "residual": self.residual},
         )
 
-    def make_store(self, layer_idx, num_layers, prep=None):
+    def make_store(self, layer_idx, num_layers, prep=None, step=None):
         if self.is_noop:
             return ExactStore
         return partial(kivi_store, self.bits, self.group, self.residual)

@@ -101,7 +101,7 @@ class MixedPrecision(StorageScheme):
             raise ValueError(f"{self.name} needs its calibration (prepare(model))")
         return self.high if layer_idx in high_layers(prep["sensitivity"], self.fraction) else self.low
 
-    def make_store(self, layer_idx, num_layers, prep=None):
+    def make_store(self, layer_idx, num_layers, prep=None, step=None):
         bits = self.layer_bits(layer_idx, num_layers, prep)
         if bits == NOOP_BITS:
             return ExactStore
