@@ -42,7 +42,11 @@ class Scheme:
 
     def make_layer(self, layer_idx: int, num_layers: int, step: StepState, prep: dict | None = None,
                    make_store: Callable[[], object] | None = None) -> KvfpLayer:
-        raise NotImplementedError
+        """Default, for schemes that only decide how entries are kept: one StoredLayer over this
+        scheme's own store. Schemes with their own layer (eviction, merging…) override it."""
+        from kvfp.compressors.stored import StoredLayer
+
+        return StoredLayer(step, self.make_store(layer_idx, num_layers, prep, step))
 
     def make_store(self, layer_idx: int, num_layers: int, prep: dict | None = None,
                    step: StepState | None = None) -> Callable[[], object]:

@@ -20,7 +20,6 @@ from kvfp.compressors.projection.common import (
     svd_basis,
 )
 from kvfp.compressors.scheme import Scheme
-from kvfp.compressors.stored import StoredLayer
 from kvfp.errors import KvfpError
 
 DEFAULT_PAIRS = 2
@@ -188,9 +187,6 @@ class LatentMLA(Scheme):
     def make_store(self, layer_idx, num_layers, prep=None, step=None):
         prep = require_prep(prep, self.name)
         return partial(LatentStore, step, prep["basis"][layer_idx], prep["rope_idx"][layer_idx])
-
-    def make_layer(self, layer_idx, num_layers, step, prep=None, make_store=None):
-        return StoredLayer(step, self.make_store(layer_idx, num_layers, prep, step))
 
     @classmethod
     def from_match(cls, groups):

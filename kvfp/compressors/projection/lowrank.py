@@ -18,7 +18,6 @@ from kvfp.compressors.projection.common import (
     svd_basis,
 )
 from kvfp.compressors.scheme import Scheme
-from kvfp.compressors.stored import StoredLayer
 from kvfp.errors import KvfpError
 
 FIT_NAME = "svd-basis-v1"  # one calibration serves every rank: bases are stored whole
@@ -136,9 +135,6 @@ class LowRankSVD(Scheme):
     def make_store(self, layer_idx, num_layers, prep=None, step=None):
         prep = require_prep(prep, self.name)
         return partial(LowRankStore, step, prep["k"][layer_idx], prep["v"][layer_idx])
-
-    def make_layer(self, layer_idx, num_layers, step, prep=None, make_store=None):
-        return StoredLayer(step, self.make_store(layer_idx, num_layers, prep, step))
 
     @classmethod
     def from_match(cls, groups):

@@ -8,7 +8,6 @@ from functools import partial
 
 from kvfp.compressors.codecs import TokenCodec
 from kvfp.compressors.scheme import Scheme
-from kvfp.compressors.stored import StoredLayer
 from kvfp.compressors.stores import CodecStore, ExactStore
 
 NOOP_BITS = 16  # "bits 16": keep K/V at the model's own precision (the no-op setting of every family)
@@ -50,5 +49,3 @@ class StorageScheme(Scheme):
             return ExactStore
         return partial(CodecStore, *self.codecs(layer_idx, num_layers, prep))
 
-    def make_layer(self, layer_idx, num_layers, step, prep=None, make_store=None):
-        return StoredLayer(step, self.make_store(layer_idx, num_layers, prep))
