@@ -20,6 +20,8 @@ class Trace:
     token_logprobs : log-probability of ``output_ids[t]`` at step ``t``
     topk_ids, topk_logprobs : per step, the ``k`` most likely ids and their log-probabilities
     logits : optional ``(steps, vocab)`` float32 raw logits
+    prompt_logprobs : optional, per prompt position the logprob of the prompt token there as the
+        prefill scored it (position 0 is ``None``): what vLLM's ``prompt_logprobs`` returns
     meta : scheme, gene, model, probe id and nuisance settings (dtype, attention, batch size,
         padding); later stages add fields here rather than changing the ones above
     """
@@ -31,6 +33,7 @@ class Trace:
     topk_logprobs: list[list[float]]
     mode: str = "generate"
     logits: np.ndarray | None = None
+    prompt_logprobs: list[float | None] | None = None
     meta: dict = field(default_factory=dict)
 
     @property
@@ -48,11 +51,13 @@ class Trace:
             "token_logprobs": self.token_logprobs,
             "topk_ids": self.topk_ids,
             "topk_logprobs": self.topk_logprobs,
+            **({"prompt_logprobs": self.prompt_logprobs} if self.prompt_logprobs is not None else {}),
         }
 
     @classmethod
     def from_record(cls, rec: dict, logits: np.ndarray | None = None) -> Trace:
-        core = {"format", "mode", "prompt_ids", "output_ids", "token_logprobs", "topk_ids", "topk_logprobs"}
+        core = {"format", "mode", "prompt_ids", "output_ids", "token_logprobs", "topk_ids", "topk_logprobs",
+                "prompt_logprobs"}
         return cls(
             prompt_ids=list(rec["prompt_ids"]),
             output_ids=list(rec["output_ids"]),
@@ -61,5 +66,6 @@ class Trace:
             topk_logprobs=[list(r) for r in rec["topk_logprobs"]],
             mode=rec.get("mode", "generate"),
             logits=logits,
+            prompt_logprobs=rec.get("prompt_logprobs"),
             meta={k: v for k, v in rec.items() if k not in core},
         )
