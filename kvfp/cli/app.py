@@ -2,7 +2,7 @@
 
 import typer
 
-from kvfp.cli import models
+from kvfp.cli import models, probes
 from kvfp.cli.collect import collect
 from kvfp.cli.schemes import schemes
 from kvfp.cli.version import version
@@ -18,6 +18,7 @@ app.command()(version)
 app.command()(collect)
 app.command()(schemes)
 app.add_typer(models.app, name="models")
+app.add_typer(probes.app, name="probes")
 
 
 def main() -> None:
