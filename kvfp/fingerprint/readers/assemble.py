@@ -1,0 +1,175 @@
+"""From the choices a format reader found to observations: pin tokens to ids, normalise the
+top-k lists over the whole file, resolve prompts.
+
+Top-k normalisation needs the whole file: whether a list is truncated, or carries the chosen
+token on top of the top-k (OpenAI completions return up to ``k + 1`` entries), shows only
+against the other lists of the same log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kvfp.fingerprint.observation import Observation
+from kvfp.fingerprint.readers.prompt import align_prompt_logprobs, resolve_prompt
+from kvfp.fingerprint.readers.raw import RawChoice
+from kvfp.fingerprint.readers.resolve import resolve_chosen
+from kvfp.fingerprint.readers.tokens import TokenTable
+from kvfp.probes import ProbeSuite
+
+# the chosen token's logprob and its own top-k entry come from one computation, up to rounding
+SAME_LOGPROB = 1e-5
+
+
+@dataclass
+class _Staged:
+    raw: RawChoice
+    prompt_ids: list[int]
+    probe_id: str | None
+    output_ids: list[int]
+    topk: list[list[tuple[int, float]]] | None
+    merged: set[int]  # steps whose list may have lost entries to a string collision
+    notes: list[str]
+
+
+def assemble(raws: list[RawChoice], table: TokenTable, tokenizer, suite: ProbeSuite | None) -> list[Observation]:
+    """One observation per choice, in file order."""
+    probes = suite.by_id() if suite is not None else {}
+    staged = [_stage(raw, table, tokenizer, suite, probes) for raw in raws]
+    k, plus_one = _infer_k(staged)
+    return [_observation(s, k, plus_one) for s in staged]
+
+
+def _label(raw: RawChoice) -> str:
+    choice = raw.meta.get("choice")
+    return f"line {raw.line.n}" + (f", choice {choice}" if choice is not None and raw.meta.get("n_choices", 1) > 1
+                                   else "")
+
+
+def _stage(raw: RawChoice, table: TokenTable, tokenizer, suite, probes) -> _Staged:
+    prompt_ids, probe_id = resolve_prompt(raw, suite, probes)
+    notes: list[str] = []
+    if raw.chosen is None:
+        output_ids = list(tokenizer(raw.text, add_special_tokens=False)["input_ids"])
+        notes.append(f"{_label(raw)}: output ids are the tokenizer's segmentation of the generated text, a guess "
+                     f"at the tokens the endpoint produced")
+    else:
+        res = resolve_chosen([t.ids for t in raw.chosen], raw.text, table)
+        output_ids = res.ids
+        notes += _chosen_notes(raw, res)
+    topk, merged = (None, set()) if raw.topk is None else _map_topk(raw, output_ids, notes)
+    return _Staged(raw, prompt_ids, probe_id, output_ids, topk, merged, notes)
+
+
+def _steps(steps: list[int], limit: int = 8) -> str:
+    """``"step 4"`` / ``"steps 4, 5, 9"``, shortened past ``limit``."""
+    shown = ", ".join(map(str, steps[:limit]))
+    return f"step{'s' if len(steps) > 1 else ''} {shown}" + (f"… ({len(steps)} in all)" if len(steps) > limit else "")
+
+
+def _plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _chosen_notes(raw: RawChoice, res) -> list[str]:
+    if res.how == "exact":
+        return []
+    where = f"{_label(raw)}: generated tokens ({raw.chosen_field})"
+    if res.how == "text":
+        return [f"{where} at {_steps(res.ambiguous_steps)} stand for several ids each; the generated "
+                f"text admits one id sequence, which was taken"]
+    if res.how == "text-several":
+        return [f"{where} at {_steps(res.ambiguous_steps)} stand for several ids each; the generated "
+                f"text admits several id sequences and the first was taken (ambiguous)"]
+    why = "the log has no generated text" if res.how == "no-text" else "the generated text does not match the tokens"
+    detail = "; ".join(f"step {t} {raw.chosen[t].shown} → id {res.ids[t]} of {len(raw.chosen[t].ids)}"
+                       for t in res.ambiguous_steps[:8])
+    more = "…" if len(res.ambiguous_steps) > 8 else ""
+    return [f"{where}: {why}, so tokens standing for several ids took the lowest (ambiguous): {detail}{more}"]
+
+
+def _map_topk(raw: RawChoice, output_ids: list[int], notes: list[str]):
+    """Per step ``[(id, logprob)]`` in file order; ambiguous entries become the chosen token when
+    its logprob matches, else the lowest candidate not yet in the list."""
+    out, merged, guessed = [], set(), []
+    for t, entries in enumerate(raw.topk):
+        chosen = output_ids[t]
+        clp = raw.token_logprobs[t] if raw.token_logprobs is not None else None
+        used: set[int] = set()
+        row: list[tuple[int, float] | None] = [None] * len(entries)
+        # exact entries first, so that a guess never takes an id the list names exactly
+        order = sorted(range(len(entries)), key=lambda j: not entries[j][0].exact)
+        for j in order:
+            tok, lp = entries[j]
+            if tok.exact:
+                i = tok.ids[0]
+            else:
+                if raw.topk_by_string:
+                    merged.add(t)
+                if chosen in tok.ids and chosen not in used and (clp is None or abs(lp - clp) <= SAME_LOGPROB):
+                    i = chosen
+                else:
+                    free = [c for c in tok.ids if c not in used and c != chosen]
+                    if not free:
+                        raise raw.line.error(tok.field, f"{tok.shown} appears more often in this top-k list than "
+                                                        f"there are ids it can stand for")
+                    i = free[0]
+                    guessed.append(f"step {t} {tok.shown} → id {i} of {len(tok.ids)}")
+            if i in used:
+                raise raw.line.error(tok.field, f"token id {i} appears twice in one top-k list")
+            used.add(i)
+            row[j] = (i, lp)
+        out.append(row)
+    where = f"{_label(raw)}: top-k ({raw.topk_field.format(t='…')})"
+    if guessed:
+        more = "…" if len(guessed) > 8 else ""
+        notes.append(f"{where}: entries standing for several ids, none of them the chosen token, took the lowest id "
+                     f"not already listed (ambiguous): {'; '.join(guessed[:8])}{more}")
+    if merged:
+        notes.append(f"{where} at {_steps(sorted(merged))}: keyed by a token string several ids share; a list "
+                     f"keyed by string holds one of them, so the others may be missing")
+    return out, merged
+
+
+def _infer_k(staged: list[_Staged]) -> tuple[int | None, bool]:
+    """The log's ``k``, and whether lists of ``k + 1`` entries carry the chosen token beyond the top-k.
+
+    That is read from the lists themselves: ``k + 1`` entries happen exactly when the chosen token
+    is outside the top-k, so every longest list must end with the chosen token (lowest logprob) and
+    every list one shorter must contain it; otherwise the longest length is ``k``.
+    """
+    rows = [(row, s.output_ids[t]) for s in staged if s.topk is not None for t, row in enumerate(s.topk)]
+    if not rows:
+        return None, False
+    m = max(len(r) for r, _ in rows)
+    longest = [(r, c) for r, c in rows if len(r) == m]
+    shorter = [(r, c) for r, c in rows if len(r) == m - 1]
+    ends_with_chosen = all(c in dict(r) and dict(r)[c] <= min(lp for _, lp in r) for r, c in longest)
+    plus_one = bool(shorter) and ends_with_chosen and all(c in dict(r) for r, c in shorter)
+    return (m - 1 if plus_one else m), plus_one
+
+
+def _observation(s: _Staged, k: int | None, plus_one: bool) -> Observation:
+    raw = s.raw
+    topk_ids = topk_lps = None
+    if s.topk is not None and k:
+        topk_ids, topk_lps = [], []
+        for t, row in enumerate(s.topk):
+            if len(row) < k and t not in s.merged:
+                entries = _plural(len(row), "entry", "entries")
+                raise raw.line.error(raw.topk_field.format(t=t),
+                                     f"has {entries} where the rest of the log has k={k} (truncated top-k)")
+            best = sorted(row, key=lambda e: -e[1])[:k]
+            topk_ids.append([i for i, _ in best])
+            topk_lps.append([lp for _, lp in best])
+    meta = dict(raw.meta)
+    if plus_one and topk_ids is not None:
+        meta["topk_plus_chosen"] = True  # the log's lists held the chosen token beyond the top-k
+    kv = {key: v for key, v in raw.kvfp.items() if key != "prompt_ids"}
+    if kv:
+        meta["kvfp"] = kv
+    return Observation(prompt_ids=s.prompt_ids, output_ids=s.output_ids,
+                       token_logprobs=list(raw.token_logprobs) if raw.token_logprobs is not None else None,
+                       topk_ids=topk_ids, topk_logprobs=topk_lps, logits=raw.logits,
+                       prompt_logprobs=align_prompt_logprobs(raw, s.prompt_ids), probe_id=s.probe_id,
+                       source=raw.source, notes=s.notes, meta=meta)
