@@ -9,7 +9,7 @@ from kvfp.probes import FAMILIES, default_lengths, generate_suite, read_suite, t
 from kvfp.probes.filler import Filler, encode
 from kvfp.probes.layout import SNAP_TOKENS, BuildContext
 from kvfp.probes.model_tokenizer import load_tokenizer
-from kvfp.probes.suites import STANDARD_LENGTHS
+from kvfp.probes.suites import MIN_LENGTH, STANDARD_LENGTHS
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,8 @@ def test_lengths_override_and_refusals(tok_max):
     tok, model_max = tok_max
     s = generate_suite(tok, "quick", lengths=[1024], model_max=model_max)
     assert {p.n_tokens for p in s.probes if p.family != "short"} == {1024}
+    s = generate_suite(tok, "default", lengths=[MIN_LENGTH], model_max=model_max)  # the smallest still fits
+    assert {p.n_tokens for p in s.probes if p.family != "short"} == {MIN_LENGTH}
     with pytest.raises(KvfpError, match="exceeds the model's maximum"):
         generate_suite(tok, "quick", lengths=[512, 2 * model_max], model_max=model_max)
     with pytest.raises(KvfpError, match="minimum"):

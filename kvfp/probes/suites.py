@@ -135,6 +135,9 @@ def _default_corpus() -> str:
 
 def _probe(ctx: BuildContext, family: str, n: int, tag: str, kwargs: dict, seed: int) -> Probe:
     key = "-".join(x for x in (family, str(n), tag) if x)
-    built = FAMILIES[family](ctx, n, probe_rng(seed, key), **kwargs)
+    try:
+        built = FAMILIES[family](ctx, n, probe_rng(seed, key), **kwargs)
+    except ValueError as e:  # a length too short for the family's structure in this tokenizer's ids
+        raise KvfpError(f"probe {key}: {e}; choose longer --lengths", exit_code=2) from None
     return Probe(id=f"{key}-s{seed}", family=family, seed=seed, n_tokens=len(built.ids), ids=built.ids,
                  spans=built.spans, answer_ids=built.answer_ids, params=built.params)
