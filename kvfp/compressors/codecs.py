@@ -2,6 +2,8 @@
 
 A codec turns ``(B, H, T, D)`` into a dict of tensors whose third axis is ``T`` and back.
 ``nbytes`` counts what a real kernel keeps: sub-byte codes packed, scales at their dtype.
+The symmetric, zero-point and FP8 codecs go through :mod:`kvfp.kernels.dispatch` (Triton on CUDA,
+the reference elsewhere; the codes are the same bit for bit).
 """
 
 from __future__ import annotations
@@ -10,17 +12,14 @@ from dataclasses import dataclass
 
 import torch
 
+from kvfp.kernels import dispatch
+from kvfp.kernels.quant_layout import QuantLayout
 from kvfp.kernels.quant_ref import (
-    dequantize_asymmetric_groups,
     dequantize_fp4_e2m1,
-    dequantize_fp8,
     dequantize_levels,
     dequantize_symmetric,
     mse_clip,
-    quantize_asymmetric_groups,
     quantize_fp4_e2m1,
-    quantize_fp8,
-    quantize_symmetric,
     quantize_symmetric_clipped,
     quantize_to_levels,
 )
@@ -52,11 +51,11 @@ class SymmetricPerToken(TokenCodec):
     bits: int
 
     def encode(self, x):
-        codes, scale = quantize_symmetric(x, self.bits)
+        codes, scale, _ = dispatch.quantize(x, QuantLayout.per_token(self.bits))  # scale (B, H, T, 1)
         return {"codes": codes, "scale": scale}
 
     def decode(self, enc, dtype):
-        return dequantize_symmetric(enc["codes"], enc["scale"], dtype)
+        return dispatch.dequantize(enc["codes"], enc["scale"], None, QuantLayout.per_token(self.bits), dtype)
 
     def nbytes(self, enc):
         return packed_bytes(enc["codes"], self.bits) + plain_bytes(enc["scale"])
@@ -79,11 +78,12 @@ class AsymmetricGroups(TokenCodec):
     group: int = 0
 
     def encode(self, x):
-        codes, scale, mn = quantize_asymmetric_groups(x, self.bits, self.group or x.shape[-1])
+        codes, scale, mn = dispatch.quantize(x, QuantLayout.channel_groups(self.bits, self.group))  # (B, H, T, D // G)
         return {"codes": codes, "scale": scale, "mn": mn}
 
     def decode(self, enc, dtype):
-        return dequantize_asymmetric_groups(enc["codes"], enc["scale"], enc["mn"], dtype)
+        layout = QuantLayout.channel_groups(self.bits, self.group)
+        return dispatch.dequantize(enc["codes"], enc["scale"], enc["mn"], layout, dtype)
 
     def nbytes(self, enc):
         return packed_bytes(enc["codes"], self.bits) + plain_bytes(enc["scale"], enc["mn"])
@@ -165,11 +165,11 @@ class FP8(TokenCodec):
     scale: tuple[float, ...] = (1.0,)
 
     def encode(self, x):
-        return {"codes": quantize_fp8(x, self.fmt, _per_head(self.scale, x))}
+        return {"codes": dispatch.quantize_fp8(x, self.fmt, _per_head(self.scale, x))}
 
     def decode(self, enc, dtype):
         codes = enc["codes"]
-        return dequantize_fp8(codes, self.fmt, _per_head(self.scale, codes), dtype)
+        return dispatch.dequantize_fp8(codes, self.fmt, _per_head(self.scale, codes), dtype)
 
     def nbytes(self, enc):
         return plain_bytes(enc["codes"]) + 4 * len(self.scale)

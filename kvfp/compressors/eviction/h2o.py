@@ -7,9 +7,10 @@ from dataclasses import dataclass
 import torch
 
 from kvfp.compressors.eviction.base import NUM, EvictionLayer, check_fraction, fmt
-from kvfp.compressors.eviction.scores import budget_tokens, per_kv_head
+from kvfp.compressors.eviction.scores import budget_tokens
 from kvfp.compressors.gene import Gene
 from kvfp.compressors.scheme import Scheme
+from kvfp.kernels.dispatch import h2o_accumulate
 
 
 class HeavyHitterLayer(EvictionLayer):
@@ -38,9 +39,8 @@ class HeavyHitterLayer(EvictionLayer):
 
     def observe(self, probs):
         n_kv = self.kv.keys().shape[1]
-        votes = per_kv_head(self.real_queries(probs.float()).sum(-2), n_kv, "sum")  # (B, Hkv, S)
-        prev = self.aligned(self.score, 0.0)
-        self.score = votes if prev is None else prev + votes
+        # (B, Hkv, S): the previous totals plus this forward's votes, summed over queries and group heads
+        self.score = h2o_accumulate(self.aligned(self.score, 0.0), self.real_queries(probs.float()), n_kv)
         n_heavy = budget_tokens(self.heavy, self.prompt_len, minimum=0)
         n_recent = budget_tokens(self.recent, self.prompt_len, minimum=0)
         importance = self.score

@@ -1,8 +1,9 @@
 """Importance scores and top-k selection for eviction schemes: small pure functions.
 
-These are the reference implementations (the specification); a Triton kernel may later replace
-any of them by dispatch. Shapes: ``B`` batch, ``H`` query heads, ``Hkv`` KV heads, ``q`` queries
-of this forward, ``S`` kept entries, ``D`` head_dim.
+These are the reference implementations (the specification), except where one says it goes
+through :mod:`kvfp.kernels.dispatch` (a Triton kernel on CUDA, its reference elsewhere). Shapes:
+``B`` batch, ``H`` query heads, ``Hkv`` KV heads, ``q`` queries of this forward, ``S`` kept
+entries, ``D`` head_dim.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
+
+from kvfp.kernels.dispatch import snapkv_votes
 
 
 def budget_tokens(fraction: float, n: torch.Tensor, minimum: int = 1) -> torch.Tensor:
@@ -55,12 +57,7 @@ def window_votes(probs: torch.Tensor, n_kv: int, window: int, kernel: int) -> to
     and smoothed by a stride-1 average pool of width ``kernel`` (zero padded, so the output keeps
     the prefix length). Returns ``(B, Hkv, S - window)`` scores of the entries before the window.
     """
-    B, H, q, S = probs.shape
-    votes = per_kv_head(probs[:, :, -window:, : S - window].float().sum(-2), n_kv, "mean")
-    if kernel > 1 and S > window:
-        flat = votes.reshape(B * n_kv, 1, S - window)
-        votes = F.avg_pool1d(flat, kernel, stride=1, padding=kernel // 2).view(B, n_kv, S - window)
-    return votes
+    return snapkv_votes(probs, n_kv, window, kernel)  # reference: kvfp.kernels.scores_ref
 
 
 def block_min_max(keys: torch.Tensor, block_id: torch.Tensor, n_blocks: int):
