@@ -9,13 +9,13 @@ def detect_record(rec: dict) -> str | None:
     """The format of one parsed line, or ``None`` when it looks like none of them."""
     if "output_ids" in rec:
         return "kvfp-jsonl"
+    kind = rec.get("object")
+    if kind == "chat.completion":
+        return "openai-chat"
+    if kind == "text_completion":
+        return "openai-completions"
     choices = rec.get("choices")
     if isinstance(choices, list):
-        kind = rec.get("object")
-        if kind == "chat.completion":
-            return "openai-chat"
-        if kind == "text_completion":
-            return "openai-completions"
         first = choices[0] if choices and isinstance(choices[0], dict) else {}
         if "message" in first:
             return "openai-chat"

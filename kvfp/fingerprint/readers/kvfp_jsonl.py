@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from kvfp.fingerprint.readers.fields import Line, as_ids, as_list, as_logprob, req
+from kvfp.fingerprint.readers.fields import Line, as_ids, as_list, as_logprob, as_str, req
 from kvfp.fingerprint.readers.prompt import read_aligned_prompt_logprobs, read_kvfp_block
 from kvfp.fingerprint.readers.raw import RawChoice
 from kvfp.fingerprint.readers.tokens import Tok, TokenTable
 from kvfp.runner.trace import TRACE_FORMAT
 
 NAME = "kvfp-jsonl"
-CORE = {"format", "mode", "prompt_ids", "output_ids", "token_logprobs", "topk_ids", "topk_logprobs",
+# everything else (mode, scheme, gene, probe, nuisance settings) is metadata, as in Trace.from_record
+CORE = {"format", "prompt_ids", "output_ids", "token_logprobs", "topk_ids", "topk_logprobs",
         "prompt_logprobs", "logits", "kvfp"}
 
 
@@ -38,11 +39,14 @@ def read(rec: dict, line: Line, table: TokenTable) -> list[RawChoice]:
         topk.append([(Tok([i], f"id {i}", f"topk_ids[{t}][{j}]"), as_logprob(line, lp, f"topk_logprobs[{t}][{j}]"))
                      for j, (i, lp) in enumerate(zip(ids, lps))])
     probe = rec.get("probe")
+    probe_id = probe.get("id") if isinstance(probe, dict) else None
+    if probe_id is not None:
+        as_str(line, probe_id, "probe.id")
     raw = RawChoice(line=line, source=NAME, chosen=[Tok([i], f"id {i}", f"output_ids[{t}]")
                                                    for t, i in enumerate(output_ids)],
                     chosen_field="output_ids", token_logprobs=logprobs, topk=topk, topk_field="topk_ids[{t}]",
                     kvfp=read_kvfp_block(line, rec, table.size), prompt_ids=prompt_ids,
-                    probe_id=probe.get("id") if isinstance(probe, dict) else None,
+                    probe_id=probe_id,
                     meta={"line": line.n, **{k: v for k, v in rec.items() if k not in CORE}})
     if rec.get("prompt_logprobs") is not None:
         raw.prompt_logprobs = ("aligned", read_aligned_prompt_logprobs(line, rec["prompt_logprobs"],
