@@ -122,6 +122,8 @@ def _build(tokenizer) -> TokenTable:
     for i in ids:
         if id_bytes[i] is not None:
             by_bytes.setdefault(id_bytes[i], []).append(i)
+        if i in special:  # a server that drops special tokens' text sends them with no bytes
+            by_bytes.setdefault(b"", []).append(i)
         # a server may show a token by its exact text (its bytes) or by decode([id]); SentencePiece
         # decoders drop a word's leading space in the second, so both spellings are indexed
         names = {strings[i]}
@@ -211,7 +213,12 @@ class Mapper:
         return self._tok(self.table.lookup_string(s), repr(s), field)
 
     def bytes(self, b: bytes, field: str) -> Tok:
-        return self._tok(self.table.lookup_bytes(b), f"bytes {list(b)}", field)
+        ids = self.table.lookup_bytes(b)
+        if not ids:
+            # some servers encode the token's *decoded text*: "\ufffd" (bytes 239 191 189) for a
+            # partial character; read those bytes as that string, ambiguity and all
+            ids = self.table.lookup_string(b.decode("utf-8", errors="replace"))
+        return self._tok(ids, f"bytes {list(b)}", field)
 
     def _tok(self, ids: list[int], shown: str, field: str) -> Tok:
         self.total += 1
