@@ -1,0 +1,239 @@
+"""``Fingerprinter``: scheme classifier, gene heads and open-set test, used together.
+
+``predict`` / ``predict_proba`` are the closed-set scheme classifier (scikit-learn's classifier
+contract); :meth:`Fingerprinter.identify` is the forensic answer: ranked schemes with calibrated
+probabilities, whether the evidence fits any known scheme at all, and the gene heads' description
+(which also describes a scheme that is not in the catalogue).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from kvfp.fingerprint.estimators.genes import GeneHeads
+from kvfp.fingerprint.estimators.openset import OpenSetDetector
+from kvfp.fingerprint.estimators.scheme import SchemeClassifier
+
+# Gene fields as heads (SCHEMES.md); parameters regressed on scales where their effects are even.
+GENE_HEADS = (
+    ("algorithm", "class"), ("granularity", "set"), ("strategy", "class"), ("importance", "class"),
+    ("compensation", "set"), ("phase", "class"),
+    ("log2_bits", "reg"), ("budget", "reg"), ("log2_window", "reg"), ("log2_rank", "reg"),
+)
+_PARAMS = (("bits", "log2_bits", True), ("budget", "budget", False), ("window", "log2_window", True),
+           ("rank", "log2_rank", True))
+
+
+def gene_row(gene: dict) -> list:
+    """A gene dict (``Gene.to_dict()``) as one row of the gene heads' target."""
+    p = gene.get("params", {}) or {}
+
+    def log2(key):
+        v = p.get(key)
+        return math.log2(v) if isinstance(v, (int, float)) and v > 0 else np.nan
+
+    budget = p.get("budget")
+    return [gene["algorithm"], "+".join(sorted(gene.get("granularity", ()))), gene.get("strategy", "static"),
+            gene.get("importance", "none"), "+".join(sorted(gene.get("compensation", ()))), gene.get("phase", "both"),
+            log2("bits"), float(budget) if isinstance(budget, (int, float)) else np.nan, log2("window"), log2("rank")]
+
+
+def registry_gene(label) -> dict | None:
+    """The gene of a scheme name from kvfp's catalogue, or ``None`` for a label that is not one."""
+    from kvfp.compressors import parse_scheme
+    from kvfp.errors import KvfpError
+
+    try:
+        return parse_scheme(str(label)).gene.to_dict()
+    except KvfpError:
+        return None
+
+
+@dataclass
+class Identification:
+    """What the fingerprinter says about one sample (or one pooled set of samples).
+
+    Attributes
+    ----------
+    schemes : ``[(scheme, probability)]``, most probable first (closed-set, calibrated)
+    unknown : the evidence fits no known scheme (open-set test)
+    novelty, threshold : the open-set score and the level above which it means "unknown"
+    gene : the gene heads' description (field → value; ``None`` without gene heads)
+    gene_proba : per field, the probability of each value (sets: of each element)
+    params : parameter estimates where the heads say the parameter applies (``bits``, ``budget``,
+        ``window``, ``rank``)
+    """
+
+    schemes: list[tuple]
+    unknown: bool
+    novelty: float
+    threshold: float
+    gene: dict | None = None
+    gene_proba: dict | None = None
+    params: dict = field(default_factory=dict)
+
+    @property
+    def scheme(self):
+        """The verdict: the top scheme, or ``"unknown"`` when the open-set test rejects it."""
+        return "unknown" if self.unknown else self.schemes[0][0]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["schemes"] = [[s, p] for s, p in self.schemes]
+        d["scheme"] = self.scheme
+        return d
+
+
+class Fingerprinter(ClassifierMixin, BaseEstimator):
+    """The classifier stack over feature vectors of one tier.
+
+    Parameters
+    ----------
+    C : inverse regularisation of every logistic model
+    cv : folds for calibration and for the open-set threshold
+    target_false_reject : fraction of known-scheme samples the open-set test may call unknown
+    shrinkage : covariance shrinkage of the open-set test
+    genes : ``{label: gene dict}``; ``None`` looks each label up in kvfp's catalogue
+        (:func:`kvfp.compressors.parse_scheme`). Gene heads are trained only when every label has
+        a gene; otherwise ``gene_heads_`` is ``None`` and identifications carry no gene
+    max_iter, random_state : as :class:`SchemeClassifier`
+
+    Attributes
+    ----------
+    classes_ : scheme labels
+    scheme_ : :class:`SchemeClassifier`
+    open_set_ : :class:`OpenSetDetector`
+    gene_heads_ : :class:`GeneHeads` or ``None``
+    genes_ : ``{label: gene dict}`` used for training (empty without gene heads)
+    n_iter_ : iterations of the scheme classifier's logistic regression
+    """
+
+    _state_arrays = ()
+    _state_array_dicts = ()
+    _state_json = ("classes_", "genes_", "n_iter_", "n_features_in_", "feature_names_in_")
+    _state_children = ("scheme_", "open_set_", "gene_heads_")
+
+    def __init__(self, C=1.0, cv=5, target_false_reject=0.01, shrinkage=0.2, genes=None, max_iter=2000,
+                 random_state=0):
+        self.C = C
+        self.cv = cv
+        self.target_false_reject = target_false_reject
+        self.shrinkage = shrinkage
+        self.genes = genes
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        self.scheme_ = SchemeClassifier(C=self.C, cv=self.cv, max_iter=self.max_iter,
+                                        random_state=self.random_state).fit(X, y)
+        self.classes_, self.n_iter_ = self.scheme_.classes_, self.scheme_.n_iter_
+        self.open_set_ = OpenSetDetector(target_false_reject=self.target_false_reject, shrinkage=self.shrinkage,
+                                         cv=self.cv, random_state=self.random_state).fit(X, y)
+        lookup = self.genes if self.genes is not None else {}
+        genes = {}
+        for lab in self.classes_.tolist():
+            g = lookup.get(lab) if self.genes is not None else registry_gene(lab)
+            if g is None:
+                genes = {}
+                break
+            genes[str(lab)] = g
+        self.genes_ = genes
+        self.gene_heads_ = None
+        if genes:
+            Y = np.array([gene_row(genes[str(lab)]) for lab in y.tolist()], dtype=object)
+            self.gene_heads_ = GeneHeads(heads=GENE_HEADS, C=self.C, cv=self.cv, max_iter=self.max_iter,
+                                         random_state=self.random_state).fit(X, Y)
+        return self
+
+    def predict(self, X):
+        check_is_fitted(self)
+        return self.scheme_.predict(X)
+
+    def predict_proba(self, X):
+        check_is_fitted(self)
+        return self.scheme_.predict_proba(X)
+
+    def predict_log_proba(self, X):
+        check_is_fitted(self)
+        return self.scheme_.predict_log_proba(X)
+
+    def decision_function(self, X):
+        check_is_fitted(self)
+        return self.scheme_.decision_function(X)
+
+    def identify(self, X, top: int = 5) -> list[Identification]:
+        """Per sample: ranked schemes, unknown flag, gene description and parameter estimates."""
+        check_is_fitted(self)
+        P = self.scheme_.predict_proba(X)
+        nov = self.open_set_.novelty(X)
+        desc = self.gene_heads_.describe(X) if self.gene_heads_ is not None else [None] * len(P)
+        return [self._one(np.log(np.maximum(P[i], 1e-300)), float(nov[i]), bool(nov[i] > self.open_set_.threshold_),
+                          desc[i], top) for i in range(len(P))]
+
+    def identify_pooled(self, X, top: int = 5) -> Identification:
+        """One verdict from many samples of the same endpoint (e.g. every probe of a suite).
+
+        Class log-probabilities add up (independent evidence, as a product of experts); the gene
+        heads' probabilities are pooled the same way and their estimates by median; the endpoint
+        is unknown when most of its samples are.
+        """
+        check_is_fitted(self)
+        logp = self.scheme_.predict_log_proba(X).sum(0)
+        nov = self.open_set_.novelty(X)
+        unknown = bool(np.mean(nov > self.open_set_.threshold_) > 0.5)
+        desc = None
+        if self.gene_heads_ is not None:
+            desc = _pool_descriptions(self.gene_heads_.describe(X))
+        return self._one(logp, float(np.median(nov)), unknown, desc, top)
+
+    def _one(self, logp: np.ndarray, novelty: float, unknown: bool, desc: dict | None, top: int) -> Identification:
+        p = np.exp(logp - logp.max())
+        p /= p.sum()
+        order = np.argsort(-p, kind="stable")[:top]
+        labels = self.classes_.tolist()
+        schemes = [(labels[j], float(p[j])) for j in order]
+        gene = gene_proba = None
+        params = {}
+        if desc is not None:
+            gene = {k: v["value"] for k, v in desc.items() if "proba" in v}
+            gene_proba = {k: v["proba"] for k, v in desc.items() if "proba" in v}
+            for name, head, is_log2 in _PARAMS:
+                v = desc[head]["value"]
+                if v is not None:
+                    params[name] = float(2.0 ** v) if is_log2 else float(v)
+        return Identification(schemes=schemes, unknown=unknown, novelty=novelty,
+                              threshold=float(self.open_set_.threshold_), gene=gene, gene_proba=gene_proba,
+                              params=params)
+
+
+def _pool_descriptions(rows: list[dict]) -> dict:
+    out = {}
+    for name, first in rows[0].items():
+        if "proba" in first:
+            labels = list(first["proba"])
+            P = np.array([[r[name]["proba"][lab] for lab in labels] for r in rows])
+            if isinstance(first["value"], list):  # a set: each element's evidence pooled on its own
+                lo = np.log(np.clip(P, 1e-12, 1)).sum(0)
+                lno = np.log(np.clip(1 - P, 1e-12, 1)).sum(0)
+                proba = {lab: float(1.0 / (1.0 + np.exp(np.clip(b - a, -700, 700))))
+                         for lab, a, b in zip(labels, lo, lno)}
+                out[name] = {"value": [lab for lab, q in proba.items() if q >= 0.5], "proba": proba}
+            else:
+                lp = np.log(np.clip(P, 1e-300, 1)).sum(0)
+                q = np.exp(lp - lp.max())
+                q /= q.sum()
+                proba = {lab: float(v) for lab, v in zip(labels, q)}
+                out[name] = {"value": max(proba, key=proba.get), "proba": proba}
+        else:
+            applies = float(np.mean([r[name]["applies"] for r in rows]))
+            vals = [r[name]["value"] for r in rows if r[name]["value"] is not None]
+            out[name] = {"value": float(np.median(vals)) if applies >= 0.5 and vals else None, "applies": applies}
+    return out

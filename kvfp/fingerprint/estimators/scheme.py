@@ -1,0 +1,91 @@
+"""``SchemeClassifier``: which known scheme, with calibrated probabilities.
+
+Standardised features, a multinomial logistic regression, and one temperature fitted on
+out-of-fold logits (temperature scaling, Guo et al. 2017, "On Calibration of Modern Neural
+Networks"): the probabilities of a model that never saw a sample are what calibration should
+match, not the optimistic in-sample ones.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from kvfp.fingerprint.estimators import linear
+
+
+class SchemeClassifier(ClassifierMixin, BaseEstimator):
+    """Calibrated multinomial logistic regression over feature vectors.
+
+    Parameters
+    ----------
+    C : inverse L2 regularisation strength of the logistic regression
+    cv : folds for the out-of-fold logits the temperature is fitted on (fewer when a class is rarer)
+    calibrate : fit the temperature (``False``: temperature 1)
+    max_iter : optimiser iterations
+    random_state : seed of the fold split
+
+    Attributes
+    ----------
+    classes_ : ``(K,)`` labels
+    mean_, scale_ : ``(d,)`` standardisation
+    coef_ : ``(K, d)``, intercept_ : ``(K,)`` logits on standardised features
+    temperature_ : float, logits are divided by it
+    n_iter_ : iterations the logistic regression took
+    """
+
+    _state_arrays = ("mean_", "scale_", "coef_", "intercept_")
+    _state_array_dicts = ()
+    _state_json = ("classes_", "temperature_", "n_iter_", "n_features_in_", "feature_names_in_")
+    _state_children = ()
+
+    def __init__(self, C=1.0, cv=5, calibrate=True, max_iter=2000, random_state=0):
+        self.C = C
+        self.cv = cv
+        self.calibrate = calibrate
+        self.max_iter = max_iter
+        self.random_state = random_state
+
+    def fit(self, X, y):
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        self.classes_, yi = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(f"SchemeClassifier needs samples of at least 2 classes; got 1 class "
+                             f"({self.classes_[0]!r})")
+        if not self.C > 0:
+            raise ValueError(f"C must be positive, got {self.C!r}")
+        K = len(self.classes_)
+        self.mean_, self.scale_ = linear.fit_scaler(X)
+        Xs = (X - self.mean_) / self.scale_
+        self.coef_, self.intercept_, self.n_iter_ = linear.fit_logistic(Xs, yi, K, self.C, self.max_iter,
+                                                                        self.random_state)
+        self.temperature_ = 1.0
+        if self.calibrate:
+            oof = linear.out_of_fold_logits(Xs, yi, K, self.C, self.max_iter, self.cv, self.random_state)
+            if oof is not None:
+                self.temperature_ = linear.fit_temperature(oof, yi)
+        return self
+
+    def _logits(self, X) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        return (((X - self.mean_) / self.scale_) @ self.coef_.T + self.intercept_) / self.temperature_
+
+    def decision_function(self, X):
+        """Calibrated logits ``(n, K)``; ``(n,)`` (second class minus first) for two classes."""
+        z = self._logits(X)
+        return z[:, 1] - z[:, 0] if len(self.classes_) == 2 else z
+
+    def predict_log_proba(self, X):
+        return linear.log_softmax(self._logits(X))
+
+    def predict_proba(self, X):
+        """Calibrated class probabilities ``(n, K)`` in the order of :attr:`classes_`."""
+        return linear.softmax(self._logits(X))
+
+    def predict(self, X):
+        z = self._logits(X)
+        return self.classes_[np.argmax(z, axis=1)]
