@@ -199,12 +199,12 @@ class ReferenceRunner:
             if not o.prompt_ids or not o.output_ids:
                 raise KvfpError(f"observation {o.probe_id or '(no probe id)'} has an empty prompt or output; "
                                 "there is nothing to replay")
-        ref = self._replays(self.model, "none", obs)
-        noise = self._replays(self._noise(), "none", obs) if self.noise else [None] * len(obs)
+        ref = self._replays("ref", "none", obs)
+        noise = self._replays("noise", "none", obs) if self.noise else [None] * len(obs)
         cands = {}
         for name in self.candidates:
             # ``none`` at the reference settings is the reference itself
-            cands[name] = ref if name == "none" else self._replays(self.model, name, obs)
+            cands[name] = ref if name == "none" else self._replays("ref", name, obs)
         return [Reference(prompt_ids=list(o.prompt_ids), output_ids=list(o.output_ids), ref=ref[i], noise=noise[i],
                           candidates={n: cands[n][i] for n in self.candidates}) for i, o in enumerate(obs)]
 
@@ -215,19 +215,28 @@ class ReferenceRunner:
             self._noise_model = m
         return self._noise_model
 
-    def _key(self, model, scheme: str, o: Observation) -> str:
+    def _settings(self, which: str) -> tuple[str, str]:
+        """(dtype, attention) of the reference or the noise run, known without building the latter."""
+        if which == "noise":
+            return NOISE[1], NOISE[2]
+        return _dtype_name(self.model), self.model.config._attn_implementation
+
+    def _model_for(self, which: str):
+        return self._noise() if which == "noise" else self.model
+
+    def _key(self, which: str, scheme: str, o: Observation) -> str:
+        dtype, attn = self._settings(which)
         blob = json.dumps({"v": REFERENCE_VERSION, "code": _source_hash(), "model": self.model_hash,
-                           "dtype": _dtype_name(model), "attn": model.config._attn_implementation,
-                           "scheme": scheme, "prompt_lp": self.prompt_logprobs,
+                           "dtype": dtype, "attn": attn, "scheme": scheme, "prompt_lp": self.prompt_logprobs,
                            "prompt": list(map(int, o.prompt_ids)), "output": list(map(int, o.output_ids))})
         return hashlib.sha256(blob.encode()).hexdigest()[:40]
 
     def _path(self, key: str) -> Path:
         return self.cache_dir / self.model_hash / key[:2] / f"{key}.safetensors"
 
-    def _replays(self, model, scheme: str, obs: list[Observation]) -> list[Replay]:
+    def _replays(self, which: str, scheme: str, obs: list[Observation]) -> list[Replay]:
         out: list[Replay | None] = [None] * len(obs)
-        keys = [self._key(model, scheme, o) for o in obs] if self.cache_dir is not None else None
+        keys = [self._key(which, scheme, o) for o in obs] if self.cache_dir is not None else None
         todo = []
         for i in range(len(obs)):
             got = self._load(keys[i]) if keys is not None else None
@@ -239,7 +248,10 @@ class ReferenceRunner:
         groups: dict[tuple[int, int], list[int]] = {}
         for i in todo:
             groups.setdefault((len(obs[i].prompt_ids), len(obs[i].output_ids)), []).append(i)
+        if not todo:
+            return out
         s = self.schemes.get(scheme) or parse_scheme(scheme)
+        model = self._model_for(which)  # the bf16 copy is only built when something must be replayed
         from kvfp.runner import replay
 
         for idx in groups.values():
