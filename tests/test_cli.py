@@ -8,12 +8,13 @@ import pytest
 from typer.testing import CliRunner
 
 from kvfp.cli.app import app
-from kvfp.datasets import read_traces
+from kvfp.datasets import open_dataset
 
 runner = CliRunner()
 
 
-HELP_CASES = [[], ["version"], ["collect"], ["schemes"], ["models"], ["models", "list"], ["models", "train-tiny"]]
+HELP_CASES = [[], ["version"], ["collect"], ["export"], ["schemes"], ["models"], ["models", "list"],
+              ["models", "train-tiny"]]
 
 
 @pytest.mark.parametrize("args", HELP_CASES)
@@ -35,23 +36,67 @@ def test_models_list_shows_packaged_model():
     assert "kvfp-tiny" in names
 
 
-def test_collect_writes_traces_and_compares(tmp_path):
+def test_collect_writes_a_dataset_and_compares(tmp_path, tiny, heldout_ids, monkeypatch):
+    from kvfp.probes import write_suite
+    from tests.test_datasets import tiny_suite
+
+    monkeypatch.setenv("KVFP_CACHE", str(tmp_path / "cache"))
+    _, tok = tiny
+    suite = write_suite(tmp_path / "suite.jsonl", tiny_suite(tok, heldout_ids, lengths=(64, 80)))
     out = tmp_path / "run"
-    r = runner.invoke(app, ["collect", "--model", "kvfp-tiny", "-s", "int8-pertoken", "-s", "window-300",
-                            "--out", str(out), "--new-tokens", "6", "--topk", "5", "--logits", "--json"])
+    r = runner.invoke(app, ["collect", "--model", "kvfp-tiny", "-s", "int8-pertoken", "-s", "window-30",
+                            "--probes", str(suite), "--out", str(out), "--new-tokens", "6", "--topk", "5",
+                            "--logits", "--json"])
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout[r.stdout.index("{"):])
-    assert set(summary["schemes"]) == {"int8-pertoken", "window-300"}
-    assert summary["schemes"]["int8-pertoken"]["bytes_per_token_layer"] < \
-        summary["schemes"]["int8-pertoken"]["uncompressed_bytes_per_token_layer"]
-    manifest, traces = read_traces(out)
-    assert manifest["model"] == "kvfp-tiny" and manifest["n_traces"] == len(traces) == 8
-    assert [s["name"] for s in manifest["schemes"]] == ["int8-pertoken", "window-300"]
+    assert set(summary["schemes"]) == {"int8-pertoken", "window-30"}
+    s8 = summary["schemes"]["int8-pertoken"]
+    assert s8["bytes_per_token_layer"] < s8["uncompressed_bytes_per_token_layer"]
+    # one shard of both probes per scheme, plus the none reference the comparison needs
+    assert s8["token_agreement"] is not None and summary["units"] == {"total": 3, "done_before": 0, "run_here": 3,
+                                                                      "left": 0}
+    ds = open_dataset(out)
+    assert ds.manifest["model"]["id"] == "kvfp-tiny" and ds.schemes == ["int8-pertoken", "window-30"]
+    traces = list(ds.traces())
+    assert len(traces) == 4 and summary["traces"] == 4
     tr = traces[0]
-    assert tr.meta["scheme"] == "int8-pertoken" and tr.meta["probe"]["id"] == "builtin-0"
+    assert tr.meta["scheme"] == "int8-pertoken" and tr.meta["probe"]["id"] == "plain-64-0"
     assert tr.meta["nuisance"]["dtype"] == "float32" and tr.meta["nuisance"]["attn"] == "sdpa"
-    assert len(tr.prompt_ids) == tr.meta["probe"]["n_tokens"] == 256
+    assert len(tr.prompt_ids) == tr.meta["probe"]["n_tokens"] == 64
     assert tr.steps == 6 and len(tr.topk_ids[0]) == 5 and tr.logits.shape == (6, 8192)
+    assert len(tr.prompt_logprobs) == 64
+
+
+def test_collect_without_probes_generates_the_default_suite(tmp_path, tiny, heldout_ids, monkeypatch):
+    import kvfp.probes
+    from tests.test_datasets import tiny_suite
+
+    monkeypatch.setenv("KVFP_CACHE", str(tmp_path / "cache"))
+    calls = []
+
+    def small_default(tokenizer, suite="default", seed=0, **kwargs):
+        calls.append((suite, seed, kwargs.get("model_max")))
+        return tiny_suite(tokenizer, heldout_ids, lengths=(40,))
+
+    monkeypatch.setattr(kvfp.probes, "generate_suite", small_default)
+    r = runner.invoke(app, ["collect", "--model", "kvfp-tiny", "-s", "none", "--out", str(tmp_path / "d"),
+                            "--new-tokens", "2"])
+    assert r.exit_code == 0, r.output
+    assert calls == [("default", 0, tiny[0].config.max_position_embeddings)]
+    assert open_dataset(tmp_path / "d").probes.hash == tiny_suite(tiny[1], heldout_ids, lengths=(40,)).hash
+
+
+@pytest.mark.slow
+def test_collect_with_a_suite_name_generates_it(tmp_path, tiny, monkeypatch):
+    from kvfp.probes import generate_suite
+
+    monkeypatch.setenv("KVFP_CACHE", str(tmp_path / "cache"))
+    r = runner.invoke(app, ["collect", "--model", "kvfp-tiny", "-s", "none", "--probes", "quick",
+                            "--out", str(tmp_path / "d"), "--new-tokens", "1", "--shard-size", "8"])
+    assert r.exit_code == 0, r.output
+    want = generate_suite(tiny[1], "quick", seed=0, model_max=tiny[0].config.max_position_embeddings)
+    ds = open_dataset(tmp_path / "d")
+    assert ds.probes.hash == want.hash and ds.complete
 
 
 def test_existing_output_folder_is_never_overwritten(tmp_path):
