@@ -204,6 +204,8 @@ def test_stale_claims_are_taken_over_and_live_ones_respected(tmp_path):
     got.release()
     claims.path("b").write_text("")  # a damaged claim belongs to nobody
     assert claims.try_claim("b") is not None
+    claims.path("c").write_text(json.dumps({"pid": sleeper.pid, "host": os.uname().nodename, "start": None}))
+    assert claims.sweep() == 1 and not claims.path("c").exists() and claims.path("b").exists()
 
 
 def test_a_reused_pid_does_not_keep_a_claim_alive(tmp_path):

@@ -103,6 +103,10 @@ def test_open_dataset_reads_manifest_probes_and_traces(dataset_dir, tiny):
 
 
 def test_to_pandas_has_one_row_per_trace(dataset_dir):
+    import pandas as pd
+
+    shard = pd.read_parquet(dataset_dir / "shards" / "none" / "shard-00000.parquet")  # plain Parquet
+    assert list(shard["probe_id"]) == ["plain-64-0", "plain-80-1"]
     df = open_dataset(dataset_dir).to_pandas()
     assert len(df) == 6 and list(df["scheme"].unique()) == ["none", "int4-pertoken"]
     row = df.iloc[0]

@@ -103,3 +103,17 @@ class Claims:
                 return self._create(path)
             path.unlink(missing_ok=True)
             return self._create(path)
+
+    def sweep(self) -> int:
+        """Remove claims whose owner is gone (a process killed after publishing its unit but
+        before releasing it leaves one behind); returns how many."""
+        n = 0
+        for path in self.dir.glob("*.lock"):
+            seen = self._read(path)
+            if seen is None or owner_alive(seen):
+                continue
+            with exclusive_lock(self.dir / ".takeover"):
+                if self._read(path) == seen:  # not taken over meanwhile
+                    path.unlink(missing_ok=True)
+                    n += 1
+        return n

@@ -45,5 +45,6 @@ def work(plan: Plan, model, schemes: dict, progress: UnitProgress, poll: float =
         pending = [u for u in waiting if not plan.done(u)]
         progress.set_done(sum(plan.done(u) for u in plan.units))
         if not pending:
+            claims.sweep()
             return ran, foreign
         time.sleep(poll)
