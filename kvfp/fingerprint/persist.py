@@ -91,8 +91,9 @@ class TrainedFingerprinter:
     feature_names: dict[str, list[str]] = field(default_factory=dict)
 
     @classmethod
-    def fit(cls, manifest: dict, X: dict[str, np.ndarray], y, **params) -> TrainedFingerprinter:
-        """Fit a :class:`Fingerprinter` (with ``params``) for each tier of ``X`` on labels ``y``."""
+    def fit(cls, manifest: dict, X: dict[str, np.ndarray], y, groups=None, **params) -> TrainedFingerprinter:
+        """Fit a :class:`Fingerprinter` (with ``params``) for each tier of ``X`` on labels ``y``;
+        ``groups`` (the probe of each row) makes held-out estimates hold out whole probes."""
         cands = manifest.get("candidates") or []
         out = cls(manifest=dict(manifest))
         for tier, Xt in X.items():
@@ -100,7 +101,7 @@ class TrainedFingerprinter:
             if Xt.shape[1] != len(names):
                 raise KvfpError(f"tier {tier}: {Xt.shape[1]} feature columns but {len(names)} feature names for "
                                 f"{len(cands)} candidate schemes; were the features built with another candidate list?")
-            out.tiers[tier] = Fingerprinter(**params).fit(Xt, y)
+            out.tiers[tier] = Fingerprinter(**params).fit(Xt, y, groups)
             out.feature_names[tier] = names
         return out
 

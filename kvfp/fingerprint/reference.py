@@ -98,12 +98,12 @@ _code_hash: str | None = None
 
 
 def _source_hash() -> str:
-    """sha256 over the runner and compressor sources: a replay is only as current as this code."""
+    """sha256 over the runner, compressor and kernel sources: a replay is only as current as this code."""
     global _code_hash
     if _code_hash is None:
         root = Path(__file__).resolve().parents[1]
         h = hashlib.sha256()
-        for sub in ("runner", "compressors"):
+        for sub in ("runner", "compressors", "kernels"):
             for f in sorted((root / sub).rglob("*.py")):
                 h.update(str(f.relative_to(root)).encode())
                 h.update(f.read_bytes())

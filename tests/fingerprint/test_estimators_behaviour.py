@@ -114,11 +114,38 @@ def test_fingerprinter_identifies_with_genes_and_says_unknown():
     assert q.gene["algorithm"] == "quantization" and round(q.params["bits"]) == 4
     w = fp.identify(Xt[yt == 2])[0]
     assert w.gene["importance"] == "recency" and "bits" not in w.params
-    far = fp.identify(np.array([[-8.0, 8.0, -8.0, 8.0]]))[0]
-    assert far.unknown and far.scheme == "unknown" and far.gene is not None
+    far = fp.identify(np.array([[-8.0, 8.0, 8.0, 8.0]]))[0]
+    assert far.compressed and far.unknown and far.verdict == "unknown" and far.gene is not None
     pooled = fp.identify_pooled(Xt[yt == 1])
-    assert pooled.scheme == "int4-pertoken" and pooled.schemes[0][1] > 0.99
-    assert pooled.to_dict()["scheme"] == "int4-pertoken"
+    assert pooled.verdict == "int4-pertoken" and pooled.schemes[0][1] > 0.99
+    assert pooled.to_dict()["verdict"] == "int4-pertoken"
+
+
+def test_compressed_needs_evidence_beyond_what_uncompressed_samples_show():
+    # "none" and a weak scheme overlap: a sample between them is not enough to call compression
+    centers = np.array([[0.0, 0.0], [1.0, 0.0], [6.0, 0.0]])
+    names = np.array(["none", "fp8-e4m3", "int2-pertoken"])
+    X, y = blobs(80, centers, 0.7, seed=10)
+    fp = Fingerprinter(target_false_alarm=0.01).fit(X, names[y])
+    assert 0.0 < fp.null_threshold_ < 0.5
+    Xn, _ = blobs(300, centers[:1], 0.7, seed=11)
+    assert np.mean(fp.is_compressed(Xn)) < 0.05  # about target_false_alarm, with sampling slack
+    between = fp.identify(np.array([[0.6, 0.0]]))[0]
+    assert between.schemes[0][0] == "fp8-e4m3" and not between.compressed and between.verdict == "none"
+    strong = fp.identify(np.array([[6.0, 0.0]]))[0]
+    assert strong.compressed and strong.verdict == "int2-pertoken"
+
+
+def test_groups_hold_out_whole_groups():
+    # two groups far apart: held-out groups look novel, so the open-set threshold must be looser
+    X, y = blobs(40, 4 * CENTERS, 0.3, seed=12)
+    groups = np.tile(np.repeat([0, 1], 20), len(CENTERS))
+    X = X + np.where(groups == 1, 1.0, 0.0)[:, None]
+    plain = OpenSetDetector().fit(X, y)
+    grouped = OpenSetDetector().fit(X, y, groups=groups)
+    assert grouped.threshold_ > plain.threshold_
+    with pytest.raises(ValueError, match="groups"):
+        SchemeClassifier().fit(X, y, groups=groups[:-1])
 
 
 def test_fingerprinter_without_scheme_names_has_no_gene_heads():

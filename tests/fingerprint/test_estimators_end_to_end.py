@@ -51,8 +51,9 @@ def test_identify_a_held_out_prompt_served_with_nuisance(tiny_eager, served, hel
         obs_b, y_b = collect(served, train_prompts, batch_size=N_PROMPTS)
         X = feature_matrix(obs_a + obs_b, runner, TIERS)
         y = np.concatenate([y_a, y_b])
+        probe_of = np.array([str(o.prompt_ids) for o in obs_a + obs_b])
         manifest = make_manifest(model, tok, model_id="kvfp-tiny", candidates=SCHEMES)
-        trained = TrainedFingerprinter.fit(manifest, X, y)
+        trained = TrainedFingerprinter.fit(manifest, X, y, groups=probe_of)
         path = save_fingerprinter(tmp_path / "clf", trained)
         loaded = load_fingerprinter(path, model_id="kvfp-tiny", weights_hash=manifest["weights_hash"],
                                     tokenizer_hash=manifest["tokenizer_hash"])
@@ -63,6 +64,8 @@ def test_identify_a_held_out_prompt_served_with_nuisance(tiny_eager, served, hel
             got = [i.schemes[0][0] for i in ids]
             assert got == test_y.tolist(), (tier, [(i.schemes[:2], i.unknown) for i in ids])
             none = ids[test_y.tolist().index("none")]
-            assert none.gene["algorithm"] == "none"  # an uncompressed bf16 server is not called compressed
+            # an uncompressed bf16 server is not called compressed
+            assert not none.compressed and none.verdict == "none" and none.gene["algorithm"] == "none"
+            assert all(i.compressed for i, t in zip(ids, test_y) if t != "none")
             q = ids[test_y.tolist().index("int2-pertoken")]
             assert q.gene["algorithm"] == "quantization"

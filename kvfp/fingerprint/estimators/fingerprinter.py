@@ -2,8 +2,14 @@
 
 ``predict`` / ``predict_proba`` are the closed-set scheme classifier (scikit-learn's classifier
 contract); :meth:`Fingerprinter.identify` is the forensic answer: ranked schemes with calibrated
-probabilities, whether the evidence fits any known scheme at all, and the gene heads' description
-(which also describes a scheme that is not in the catalogue).
+probabilities, whether the evidence fits any known scheme at all, the gene heads' description
+(which also describes a scheme that is not in the catalogue), and a verdict.
+
+The verdict needs evidence to call an endpoint compressed: a sample is *compressed* only when the
+probability of the uncompressed class falls below a threshold set on held-out uncompressed
+training samples (those include bf16, sdpa and batched serving), so that at most
+``target_false_alarm`` of them would be called compressed. Weak evidence (a tokens-only sample
+without a single flipped token) therefore says "none", not the most likely of many look-alikes.
 """
 
 from __future__ import annotations
@@ -61,16 +67,23 @@ class Identification:
 
     Attributes
     ----------
+    verdict : the decision: the uncompressed label (``"none"``) when the evidence does not show
+        compression, else ``"unknown"`` when it fits no known scheme, else the most probable
+        compressed scheme
     schemes : ``[(scheme, probability)]``, most probable first (closed-set, calibrated)
+    compressed : the probability of the uncompressed class is below the false-alarm threshold
     unknown : the evidence fits no known scheme (open-set test)
     novelty, threshold : the open-set score and the level above which it means "unknown"
-    gene : the gene heads' description (field → value; ``None`` without gene heads)
+    gene : the gene heads' description (field → value; ``None`` without gene heads); given even
+        for an unknown scheme, which is what it is for
     gene_proba : per field, the probability of each value (sets: of each element)
     params : parameter estimates where the heads say the parameter applies (``bits``, ``budget``,
         ``window``, ``rank``)
     """
 
+    verdict: object
     schemes: list[tuple]
+    compressed: bool
     unknown: bool
     novelty: float
     threshold: float
@@ -80,13 +93,12 @@ class Identification:
 
     @property
     def scheme(self):
-        """The verdict: the top scheme, or ``"unknown"`` when the open-set test rejects it."""
-        return "unknown" if self.unknown else self.schemes[0][0]
+        """Alias of :attr:`verdict`."""
+        return self.verdict
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["schemes"] = [[s, p] for s, p in self.schemes]
-        d["scheme"] = self.scheme
         return d
 
 
@@ -99,6 +111,8 @@ class Fingerprinter(ClassifierMixin, BaseEstimator):
     cv : folds for calibration and for the open-set threshold
     target_false_reject : fraction of known-scheme samples the open-set test may call unknown
     shrinkage : covariance shrinkage of the open-set test
+    null_label : the label of the uncompressed scheme
+    target_false_alarm : fraction of held-out ``null_label`` samples that may be called compressed
     genes : ``{label: gene dict}``; ``None`` looks each label up in kvfp's catalogue
         (:func:`kvfp.compressors.parse_scheme`). Gene heads are trained only when every label has
         a gene; otherwise ``gene_heads_`` is ``None`` and identifications carry no gene
@@ -111,32 +125,42 @@ class Fingerprinter(ClassifierMixin, BaseEstimator):
     open_set_ : :class:`OpenSetDetector`
     gene_heads_ : :class:`GeneHeads` or ``None``
     genes_ : ``{label: gene dict}`` used for training (empty without gene heads)
+    null_threshold_ : a sample is compressed when ``P(null_label)`` is below it (2.0, i.e. always,
+        when no training sample has the null label)
     n_iter_ : iterations of the scheme classifier's logistic regression
     """
 
     _state_arrays = ()
     _state_array_dicts = ()
-    _state_json = ("classes_", "genes_", "n_iter_", "n_features_in_", "feature_names_in_")
+    _state_json = ("classes_", "genes_", "null_threshold_", "n_iter_", "n_features_in_", "feature_names_in_")
     _state_children = ("scheme_", "open_set_", "gene_heads_")
 
-    def __init__(self, C=1.0, cv=5, target_false_reject=0.01, shrinkage=0.2, genes=None, max_iter=2000,
-                 random_state=0):
+    def __init__(self, C=1.0, cv=5, target_false_reject=0.01, shrinkage=0.5, null_label="none",
+                 target_false_alarm=0.01, genes=None, max_iter=2000, random_state=0):
         self.C = C
         self.cv = cv
         self.target_false_reject = target_false_reject
         self.shrinkage = shrinkage
+        self.null_label = null_label
+        self.target_false_alarm = target_false_alarm
         self.genes = genes
         self.max_iter = max_iter
         self.random_state = random_state
 
-    def fit(self, X, y):
+    def fit(self, X, y, groups=None):
+        """Fit on ``(n, d)`` features and scheme labels. ``groups`` (e.g. the probe of each sample)
+        makes every held-out estimate (calibration, open-set threshold, false-alarm threshold)
+        hold out whole groups, as new probes will be."""
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
+        if not 0.0 <= self.target_false_alarm < 1.0:
+            raise ValueError(f"target_false_alarm must be in [0, 1), got {self.target_false_alarm!r}")
         self.scheme_ = SchemeClassifier(C=self.C, cv=self.cv, max_iter=self.max_iter,
-                                        random_state=self.random_state).fit(X, y)
+                                        random_state=self.random_state).fit(X, y, groups)
         self.classes_, self.n_iter_ = self.scheme_.classes_, self.scheme_.n_iter_
+        self.null_threshold_ = self._null_threshold(X, y)
         self.open_set_ = OpenSetDetector(target_false_reject=self.target_false_reject, shrinkage=self.shrinkage,
-                                         cv=self.cv, random_state=self.random_state).fit(X, y)
+                                         cv=self.cv, random_state=self.random_state).fit(X, y, groups)
         lookup = self.genes if self.genes is not None else {}
         genes = {}
         for lab in self.classes_.tolist():
@@ -150,8 +174,19 @@ class Fingerprinter(ClassifierMixin, BaseEstimator):
         if genes:
             Y = np.array([gene_row(genes[str(lab)]) for lab in y.tolist()], dtype=object)
             self.gene_heads_ = GeneHeads(heads=GENE_HEADS, C=self.C, cv=self.cv, max_iter=self.max_iter,
-                                         random_state=self.random_state).fit(X, Y)
+                                         random_state=self.random_state).fit(X, Y, groups)
         return self
+
+    def _null_threshold(self, X, y) -> float:
+        labels = self.classes_.tolist()
+        if self.null_label not in labels:
+            return 2.0
+        j = labels.index(self.null_label)
+        P = self.scheme_._oof_proba
+        if P is None:  # nothing could be held out: in-sample probabilities are the best there is
+            P = self.scheme_.predict_proba(X)
+        p_null = P[np.asarray(y == self.null_label), j]
+        return float(np.quantile(p_null, self.target_false_alarm, method="lower"))
 
     def predict(self, X):
         check_is_fitted(self)
@@ -178,6 +213,17 @@ class Fingerprinter(ClassifierMixin, BaseEstimator):
         return [self._one(np.log(np.maximum(P[i], 1e-300)), float(nov[i]), bool(nov[i] > self.open_set_.threshold_),
                           desc[i], top) for i in range(len(P))]
 
+    def is_compressed(self, X) -> np.ndarray:
+        """``(n,)`` bool: the evidence shows compression (see the module docstring)."""
+        check_is_fitted(self)
+        return self._compressed(self.scheme_.predict_proba(X))
+
+    def _compressed(self, P: np.ndarray) -> np.ndarray:
+        labels = self.classes_.tolist()
+        if self.null_label not in labels:
+            return np.ones(len(P), dtype=bool)
+        return P[:, labels.index(self.null_label)] < self.null_threshold_
+
     def identify_pooled(self, X, top: int = 5) -> Identification:
         """One verdict from many samples of the same endpoint (e.g. every probe of a suite).
 
@@ -197,9 +243,16 @@ class Fingerprinter(ClassifierMixin, BaseEstimator):
     def _one(self, logp: np.ndarray, novelty: float, unknown: bool, desc: dict | None, top: int) -> Identification:
         p = np.exp(logp - logp.max())
         p /= p.sum()
-        order = np.argsort(-p, kind="stable")[:top]
+        order = np.argsort(-p, kind="stable")
         labels = self.classes_.tolist()
-        schemes = [(labels[j], float(p[j])) for j in order]
+        schemes = [(labels[j], float(p[j])) for j in order[:top]]
+        compressed = bool(self._compressed(p[None, :])[0])
+        if not compressed:
+            verdict = self.null_label
+        elif unknown:
+            verdict = "unknown"
+        else:
+            verdict = next(labels[j] for j in order if labels[j] != self.null_label)
         gene = gene_proba = None
         params = {}
         if desc is not None:
@@ -209,7 +262,7 @@ class Fingerprinter(ClassifierMixin, BaseEstimator):
                 v = desc[head]["value"]
                 if v is not None:
                     params[name] = float(2.0 ** v) if is_log2 else float(v)
-        return Identification(schemes=schemes, unknown=unknown, novelty=novelty,
+        return Identification(verdict=verdict, schemes=schemes, compressed=compressed, unknown=unknown, novelty=novelty,
                               threshold=float(self.open_set_.threshold_), gene=gene, gene_proba=gene_proba,
                               params=params)
 

@@ -69,7 +69,8 @@ class GeneHeads(BaseEstimator):
         tags.target_tags.single_output = False
         return tags
 
-    def fit(self, X, Y):
+    def fit(self, X, Y, groups=None):
+        """Fit every head; ``groups`` makes the calibration folds of ``class`` heads hold out whole groups."""
         if Y is None:
             raise ValueError("GeneHeads requires y to be passed, but the target y is None")
         X = validate_data(self, X, dtype=np.float64)
@@ -92,21 +93,22 @@ class GeneHeads(BaseEstimator):
         for j, (name, kind) in enumerate(heads):
             col = Y[:, j]
             if kind == "class":
-                self._fit_class(name, Xs, np.array([str(v) for v in col]))
+                self._fit_class(name, Xs, np.array([str(v) for v in col]), groups)
             elif kind == "set":
                 self._fit_set(name, Xs, [_split(v) for v in col])
             else:
                 self._fit_reg(name, Xs, np.array([_num(v) for v in col], dtype=np.float64))
         return self
 
-    def _fit_class(self, name, Xs, col):
+    def _fit_class(self, name, Xs, col, groups):
         labels, yi = np.unique(col, return_inverse=True)
         self.labels_[name] = labels.tolist()
         c, b, _ = linear.fit_logistic(Xs, yi, len(labels), self.C, self.max_iter, self.random_state)
         self.coef_[name], self.intercept_[name] = c, b
         t = 1.0
         if len(labels) > 1:
-            oof = linear.out_of_fold_logits(Xs, yi, len(labels), self.C, self.max_iter, self.cv, self.random_state)
+            oof = linear.out_of_fold_logits(Xs, yi, len(labels), self.C, self.max_iter, self.cv, self.random_state,
+                                            groups)
             t = linear.fit_temperature(oof, yi) if oof is not None else 1.0
         self.temperature_[name] = t
 

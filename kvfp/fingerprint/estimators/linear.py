@@ -13,7 +13,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression, Ridge
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import GroupKFold, StratifiedKFold
 
 
 def fit_scaler(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -71,16 +71,37 @@ def fit_temperature(logits: np.ndarray, yi: np.ndarray) -> float:
     return float(np.exp(res.x))
 
 
-def out_of_fold_logits(Xs: np.ndarray, yi: np.ndarray, n_classes: int, C: float, max_iter: int,
-                       cv: int, seed: int = 0) -> np.ndarray | None:
-    """Logits ``(n, K)`` of each sample from a model that did not see it, or ``None`` when some
-    class has fewer than two samples (nothing to hold out)."""
-    counts = np.bincount(yi, minlength=n_classes)
+def folds(yi: np.ndarray, cv: int, seed: int = 0, groups=None) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """Train/test index pairs for out-of-fold estimates, or ``None`` when nothing can be held out.
+
+    With ``groups`` (e.g. the probe each sample answers), whole groups are held out together:
+    two observations of one probe are more alike than two probes, and a held-out estimate should
+    be made on probes the model has not seen. Otherwise folds are stratified by class, which
+    needs every class to have at least two samples.
+    """
+    if groups is not None:
+        g = np.asarray(groups)
+        if len(g) != len(yi):
+            raise ValueError(f"groups has {len(g)} entries for {len(yi)} samples")
+        n_groups = len(np.unique(g))
+        if n_groups >= 2:
+            return list(GroupKFold(n_splits=min(cv, n_groups)).split(yi, yi, g))
+    counts = np.bincount(yi)
     k = int(min(cv, counts[counts > 0].min()))
     if k < 2:
         return None
+    return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(yi, yi))
+
+
+def out_of_fold_logits(Xs: np.ndarray, yi: np.ndarray, n_classes: int, C: float, max_iter: int,
+                       cv: int, seed: int = 0, groups=None) -> np.ndarray | None:
+    """Logits ``(n, K)`` of each sample from a model that did not see it (see :func:`folds`), or
+    ``None`` when nothing can be held out."""
+    split = folds(yi, cv, seed, groups)
+    if split is None:
+        return None
     out = np.zeros((len(yi), n_classes))
-    for tr, te in StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(Xs, yi):
+    for tr, te in split:
         coef, icpt, _ = fit_logistic(Xs[tr], yi[tr], n_classes, C, max_iter, seed)
         out[te] = Xs[te] @ coef.T + icpt
     return out

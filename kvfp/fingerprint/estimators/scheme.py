@@ -48,7 +48,9 @@ class SchemeClassifier(ClassifierMixin, BaseEstimator):
         self.max_iter = max_iter
         self.random_state = random_state
 
-    def fit(self, X, y):
+    def fit(self, X, y, groups=None):
+        """Fit on ``(n, d)`` features and ``n`` labels; ``groups`` (e.g. probe ids) makes the
+        calibration folds hold out whole groups."""
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
         self.classes_, yi = np.unique(y, return_inverse=True)
@@ -63,10 +65,12 @@ class SchemeClassifier(ClassifierMixin, BaseEstimator):
         self.coef_, self.intercept_, self.n_iter_ = linear.fit_logistic(Xs, yi, K, self.C, self.max_iter,
                                                                         self.random_state)
         self.temperature_ = 1.0
+        self._oof_proba = None  # held-out probabilities, for the composite's decisions; not saved
         if self.calibrate:
-            oof = linear.out_of_fold_logits(Xs, yi, K, self.C, self.max_iter, self.cv, self.random_state)
+            oof = linear.out_of_fold_logits(Xs, yi, K, self.C, self.max_iter, self.cv, self.random_state, groups)
             if oof is not None:
                 self.temperature_ = linear.fit_temperature(oof, yi)
+                self._oof_proba = linear.softmax(oof / self.temperature_)
         return self
 
     def _logits(self, X) -> np.ndarray:
