@@ -9,7 +9,7 @@ Public API (imported lazily, so that reading observations does not load torch or
 * classifiers — :class:`SchemeClassifier`, :class:`GeneHeads`, :class:`OpenSetDetector`,
   :class:`Fingerprinter`, :class:`Identification`
 * persistence — :class:`TrainedFingerprinter`, :func:`save_fingerprinter`, :func:`load_fingerprinter`,
-  :func:`make_manifest`, :func:`tokenizer_hash`
+  :func:`load_for_model`, :func:`make_manifest`, :func:`tokenizer_hash`
 * trace comparison — :func:`compare_traces`, :class:`TraceComparison`
 """
 
@@ -23,6 +23,7 @@ _EXPORTS = {
     "SchemeClassifier": "estimators", "GeneHeads": "estimators", "OpenSetDetector": "estimators",
     "Fingerprinter": "estimators", "Identification": "estimators",
     "TrainedFingerprinter": "persist", "save_fingerprinter": "persist", "load_fingerprinter": "persist",
+    "load_for_model": "persist",
     "make_manifest": "persist", "tokenizer_hash": "persist",
     "compare_traces": "compare", "TraceComparison": "compare",
 }

@@ -109,6 +109,12 @@ class TrainedFingerprinter:
     def candidates(self) -> list[str]:
         return list(self.manifest.get("candidates") or [])
 
+    def reference_runner(self, model, **kwargs):
+        """A :class:`~kvfp.fingerprint.reference.ReferenceRunner` simulating this classifier's candidates."""
+        from kvfp.fingerprint.reference import ReferenceRunner
+
+        return ReferenceRunner(model, self.candidates, **kwargs)
+
     def identify(self, X: np.ndarray, tier: str, *, pooled: bool = False, top: int = 5):
         """Identifications of feature rows ``(n, d)`` of ``tier`` (one pooled verdict with ``pooled``)."""
         if tier not in self.tiers:
@@ -249,5 +255,15 @@ def load_fingerprinter(path: Path | str, *, model_id: str | None = None, weights
     return out
 
 
-__all__ = ["TrainedFingerprinter", "save_fingerprinter", "load_fingerprinter", "make_manifest", "check_manifest",
-           "tokenizer_hash"]
+def load_for_model(path: Path | str, model, tokenizer, *, model_id: str | None = None,
+                   probe_suite_hash: str | None = None) -> TrainedFingerprinter:
+    """:func:`load_fingerprinter`, checked against a loaded model and tokenizer (their hashes are
+    computed here, so a caller cannot forget to pass them)."""
+    from kvfp.compressors.calibration import model_fingerprint
+
+    return load_fingerprinter(path, model_id=model_id, weights_hash=model_fingerprint(model),
+                              tokenizer_hash=tokenizer_hash(tokenizer), probe_suite_hash=probe_suite_hash)
+
+
+__all__ = ["TrainedFingerprinter", "save_fingerprinter", "load_fingerprinter", "load_for_model", "make_manifest",
+           "check_manifest", "tokenizer_hash"]

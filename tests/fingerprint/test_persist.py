@@ -13,6 +13,7 @@ from kvfp.fingerprint.persist import (
     JSON_NAME,
     TrainedFingerprinter,
     load_fingerprinter,
+    load_for_model,
     make_manifest,
     save_fingerprinter,
     tokenizer_hash,
@@ -117,3 +118,22 @@ def test_manifest_identifies_the_model_and_tokenizer(tiny):
     assert m["weights_hash"] == model_fingerprint(model)
     assert m["tokenizer_hash"] == tokenizer_hash(tok) and len(m["tokenizer_hash"]) == 64
     assert m["features_version"] == FEATURES_VERSION and m["candidates"] == CANDS
+
+
+def test_load_for_model_checks_the_model_it_is_given(tiny, trained, tmp_path):
+    model, tok = tiny
+    own = TrainedFingerprinter(manifest=make_manifest(model, tok, model_id="kvfp-tiny", candidates=CANDS),
+                               tiers=trained.tiers, feature_names=trained.feature_names)
+    path = save_fingerprinter(tmp_path / "own", own)
+    assert load_for_model(path, model, tok).candidates == CANDS
+    assert load_for_model(path, model, tok).reference_runner(model, cache_dir=None).candidates == CANDS
+    # a model with other weights (one weight nudged) is refused, naming the weights
+    import copy
+
+    import torch
+
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        next(other.parameters()).view(-1)[0] += 1.0
+    with pytest.raises(KvfpError, match="weights hash"):
+        load_for_model(path, other, tok)
