@@ -24,7 +24,7 @@ import triton.language as tl
 
 from kvfp.kernels.decode_attention_ref import check_decode_inputs
 from kvfp.kernels.quant_layout import QuantTensor
-from kvfp.kernels.quant_triton import dequant_tile
+from kvfp.kernels.quant_triton import dequant_tile, scale_access
 
 LOG2E = math.log2(math.e)
 # the running maximum of a split that has seen nothing: finite, so that exp2(EMPTY - EMPTY) = 1, not NaN
@@ -55,8 +55,8 @@ def _decode_split_kernel(
     stride_ab, stride_ah,
     S_Q, R, CHUNK, N_QSPLITS, qk_scale,
     HKV: tl.constexpr, GROUP: tl.constexpr, D: tl.constexpr,
-    K_BITS: tl.constexpr, K_TG: tl.constexpr, K_DG: tl.constexpr, K_ZP: tl.constexpr,
-    V_BITS: tl.constexpr, V_TG: tl.constexpr, V_DG: tl.constexpr, V_ZP: tl.constexpr,
+    K_BITS: tl.constexpr, K_TG: tl.constexpr, K_DG: tl.constexpr, K_ZP: tl.constexpr, K_SCALES: tl.constexpr,
+    V_BITS: tl.constexpr, V_TG: tl.constexpr, V_DG: tl.constexpr, V_ZP: tl.constexpr, V_SCALES: tl.constexpr,
     HAS_VALID: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -88,10 +88,10 @@ def _decode_split_kernel(
         for start in range(lo, hi, BLOCK_N):
             toks = start + tl.arange(0, BLOCK_N)
             ok = toks < hi
-            k = dequant_tile(kc, ks, km, toks, ok, stride_kct, stride_kst, D, K_BITS, K_TG, K_DG, K_ZP, True,
-                             BLOCK_N, BLOCK_D)
-            v = dequant_tile(vc, vs, vm, toks, ok, stride_vct, stride_vst, D, V_BITS, V_TG, V_DG, V_ZP, True,
-                             BLOCK_N, BLOCK_D)
+            k = dequant_tile(kc, ks, km, start, toks, ok, stride_kct, stride_kst, D, K_BITS, K_TG, K_DG, K_ZP, True,
+                             K_SCALES, BLOCK_N, BLOCK_D)
+            v = dequant_tile(vc, vs, vm, start, toks, ok, stride_vct, stride_vst, D, V_BITS, V_TG, V_DG, V_ZP, True,
+                             V_SCALES, BLOCK_N, BLOCK_D)
             if HAS_VALID:
                 ok = ok & (tl.load(valid_row + toks, mask=ok, other=0) != 0)
             m_i, l_i, acc = _attend_tile(q, k, v, ok, m_i, l_i, acc, qk_scale, DOT_PREC)
@@ -145,14 +145,15 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _splits(q: torch.Tensor, s_q: int, programs_per_split: int, block_n: int, num_splits: int | None):
+def _splits(q: torch.Tensor, s_q: int, programs_per_split: int, block_n: int, num_splits: int | None,
+            per_sm: int):
     """``(chunk, n)``: each of ``n`` splits covers ``chunk`` (a multiple of ``block_n``) entries."""
     if s_q == 0:
         return block_n, 0
     tiles = triton.cdiv(s_q, block_n)
     if num_splits is None:
-        if q.is_cuda:  # enough programs for about four per SM
-            num_splits = triton.cdiv(4 * _sm_count(q.device.index or 0), programs_per_split)
+        if q.is_cuda:  # enough programs for about per_sm per SM
+            num_splits = triton.cdiv(per_sm * _sm_count(q.device.index or 0), programs_per_split)
         else:
             num_splits = 2
     n = max(1, min(num_splits, tiles))
@@ -162,11 +163,20 @@ def _splits(q: torch.Tensor, s_q: int, programs_per_split: int, block_n: int, nu
 
 def decode_attention(q: torch.Tensor, k: QuantTensor, v: QuantTensor, k_res: torch.Tensor | None = None,
                      v_res: torch.Tensor | None = None, valid: torch.Tensor | None = None,
-                     scaling: float | None = None, num_splits: int | None = None, block_n: int = 64,
-                     num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+                     scaling: float | None = None, num_splits: int | None = None, block_n: int | None = None,
+                     num_warps: int = 4, num_stages: int = 2, per_sm: int = 4) -> torch.Tensor:
     """Triton :func:`kvfp.kernels.decode_attention_ref.decode_attention_ref` (same arguments);
-    ``num_splits`` overrides the number of quantized-sequence splits per KV head."""
+    ``num_splits`` overrides the number of quantized-sequence splits per KV head (by default about
+    ``per_sm`` programs per SM); ``block_n`` entries make a tile.
+
+    Defaults are the fastest settings of ``benchmarks/bench_kernels.py --sweep`` on an H100
+    (B=1, 32k entries): 4 warps, 2 stages, tiles of 64 entries when K and V have per-token scales
+    and of 32 otherwise (a 32-token KIVI key block then has one row of scales per tile).
+    """
     s_q, R = check_decode_inputs(q, k, v, k_res, v_res, valid)
+    if block_n is None:
+        per_token = all(t.layout.token_group == 1 and t.layout.channel_group in (0, k.head_dim) for t in (k, v))
+        block_n = 64 if per_token else 32
     B, H, _, D = q.shape
     Hkv = k.shape[1]
     group = H // Hkv
@@ -180,8 +190,10 @@ def decode_attention(q: torch.Tensor, k: QuantTensor, v: QuantTensor, k_res: tor
     qv = q[:, :, 0]  # (B, H, D)
     if qv.stride(-1) != 1:
         qv = qv.contiguous()
-    if k_res is None:
-        kr = vr = qv.new_zeros(B, Hkv, 0, D)
+    if s_q == 0:  # an empty CUDA tensor has no address to hand to a kernel: pass any valid one, never read
+        kc = ks = km = vc = vs = vm = qv.new_zeros(1, 1, 1, 1)
+    if R == 0:
+        kr = vr = qv.new_zeros(1, 1, 1, 1)  # never read
     else:
         kr, vr = k_res.to(q.dtype), v_res.to(q.dtype)
         kr = kr if kr.stride(-1) == 1 else kr.contiguous()
@@ -192,7 +204,7 @@ def decode_attention(q: torch.Tensor, k: QuantTensor, v: QuantTensor, k_res: tor
         va = valid.to(torch.int8).contiguous()
         stride_ab, stride_ah = va.stride(0), (0 if va.shape[1] == 1 else va.stride(1))
 
-    chunk, n_q = _splits(q, s_q, B * Hkv, block_n, num_splits)
+    chunk, n_q = _splits(q, s_q, B * Hkv, block_n, num_splits, per_sm)
     ns = n_q + 1  # the last split reads the residual window
     part_o = torch.empty(B, H, ns, D, dtype=torch.float32, device=q.device)
     part_m = torch.empty(B, H, ns, dtype=torch.float32, device=q.device)
@@ -209,7 +221,9 @@ def decode_attention(q: torch.Tensor, k: QuantTensor, v: QuantTensor, k_res: tor
         s_q, R, chunk, n_q, scaling * LOG2E,
         Hkv, group, D,
         kl.bits, kl.token_group, kl.channel_group or D, kl.zero_point,
+        scale_access(kl.token_group, kl.channel_group or D, D, block_n),
         vl.bits, vl.token_group, vl.channel_group or D, vl.zero_point,
+        scale_access(vl.token_group, vl.channel_group or D, D, block_n),
         valid is not None, "ieee" if q.dtype == torch.float32 else "tf32",
         max(16, triton.next_power_of_2(group)), block_n, block_d,
         num_warps=num_warps, num_stages=num_stages,

@@ -19,6 +19,7 @@ Import this module only through :mod:`kvfp.kernels.dispatch` (``@triton.jit`` re
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -36,25 +37,44 @@ def round_half_even(y):
     return (y + RINT_MAGIC) - RINT_MAGIC
 
 
+def inv_qmax(bits: int, zero_point: bool, device: torch.device) -> float:
+    """How ``range / qmax`` is computed, following the device's PyTorch: on CUDA, a tensor divided
+    by a Python scalar is multiplied by the float32 reciprocal of the scalar (ATen's
+    ``div_true_kernel_cuda``); on CPU it is divided. Returns that reciprocal, or 0 for division."""
+    if device.type != "cuda":
+        return 0.0
+    qmax = (1 << bits) - 1 if zero_point else (1 << (bits - 1)) - 1
+    return float(np.float32(1.0) / np.float32(qmax))
+
+
 @triton.jit
-def _codes(x, lo, hi, BITS: tl.constexpr, ZP: tl.constexpr):
+def _over_qmax(r, qmax, INV_QMAX: tl.constexpr):
+    if INV_QMAX == 0.0:
+        out = tl.math.div_rn(r, qmax * 1.0)
+    else:
+        out = r * INV_QMAX
+    return out
+
+
+@triton.jit
+def _codes(x, lo, hi, BITS: tl.constexpr, ZP: tl.constexpr, INV_QMAX: tl.constexpr):
     """Codes of ``x`` given its group's minimum ``lo`` and maximum ``hi`` (broadcast against it);
     returns ``(codes int32, scale, mn)``; for symmetric codes ``lo = 0`` and ``hi`` is the absmax."""
     if ZP:
         qmax: tl.constexpr = (1 << BITS) - 1
-        scale = tl.math.div_rn(hi - lo, qmax * 1.0)
+        scale = _over_qmax(hi - lo, qmax, INV_QMAX)
         scale = tl.where(scale > 0, scale, 1.0)
         codes = tl.clamp(round_half_even(tl.math.div_rn(x - lo, scale)), 0.0, qmax * 1.0)
     else:
         qmax: tl.constexpr = (1 << (BITS - 1)) - 1
-        scale = tl.where(hi > 0, tl.math.div_rn(hi, qmax * 1.0), 1.0)
+        scale = tl.where(hi > 0, _over_qmax(hi, qmax, INV_QMAX), 1.0)
         codes = tl.clamp(round_half_even(tl.math.div_rn(x, scale)), -qmax * 1.0, qmax * 1.0)
     return codes.to(tl.int32), scale, lo
 
 
 @triton.jit
 def _quant_groups_kernel(X, C, S, M, N, D: tl.constexpr, G: tl.constexpr, BITS: tl.constexpr, ZP: tl.constexpr,
-                         PACK: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr):
+                         PACK: tl.constexpr, INV_QMAX: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr):
     """Rows of ``D`` channels, one scale per group of ``G`` consecutive channels; program
     ``(i, g)`` quantizes group ``g`` of rows ``i * BLOCK_R …``."""
     g = tl.program_id(1)
@@ -69,7 +89,7 @@ def _quant_groups_kernel(X, C, S, M, N, D: tl.constexpr, G: tl.constexpr, BITS: 
     else:
         lo = tl.zeros([BLOCK_R], tl.float32)
         hi = tl.max(tl.abs(x), axis=1)
-    codes, scale, mn = _codes(x, lo[:, None], hi[:, None], BITS, ZP)
+    codes, scale, mn = _codes(x, lo[:, None], hi[:, None], BITS, ZP, INV_QMAX)
     tl.store(S + rows * (D // G) + g, tl.reshape(scale, [BLOCK_R]), mask=rmask)
     if ZP:
         tl.store(M + rows * (D // G) + g, tl.reshape(mn, [BLOCK_R]), mask=rmask)
@@ -85,7 +105,7 @@ def _quant_groups_kernel(X, C, S, M, N, D: tl.constexpr, G: tl.constexpr, BITS: 
 
 @triton.jit
 def _quant_blocks_kernel(X, C, S, M, T, D: tl.constexpr, TB: tl.constexpr, BITS: tl.constexpr, ZP: tl.constexpr,
-                         PACK: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+                         PACK: tl.constexpr, INV_QMAX: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     """Per channel over blocks of ``TB`` tokens of ``(BH, T, D)``; program ``(bh * T // TB + blk, c)``
     quantizes channels ``c * BLOCK_D …`` of one block."""
     blk = tl.program_id(0).to(tl.int64)  # = bh * (T // TB) + block: blocks of a head are consecutive rows
@@ -101,7 +121,7 @@ def _quant_blocks_kernel(X, C, S, M, T, D: tl.constexpr, TB: tl.constexpr, BITS:
     else:
         lo = tl.zeros([BLOCK_D], tl.float32)
         hi = tl.max(tl.abs(x), axis=0)
-    codes, scale, mn = _codes(x, lo[None, :], hi[None, :], BITS, ZP)
+    codes, scale, mn = _codes(x, lo[None, :], hi[None, :], BITS, ZP, INV_QMAX)
     tl.store(S + blk * D + chans, tl.reshape(scale, [BLOCK_D]), mask=cmask)
     if ZP:
         tl.store(M + blk * D + chans, tl.reshape(mn, [BLOCK_D]), mask=cmask)
@@ -114,15 +134,32 @@ def _quant_blocks_kernel(X, C, S, M, T, D: tl.constexpr, TB: tl.constexpr, BITS:
         tl.store(C + rows[:, None] * D + chans[None, :], codes.to(C.dtype.element_ty), mask=mask)
 
 
+GATHER, ROW, GROUPS = 0, 1, 2  # how dequant_tile reads scales (see scale_access)
+
+
+def scale_access(tg: int, dg: int, d: int, block_t: int) -> int:
+    """How :func:`dequant_tile` reads the scales of a layout: ``ROW`` when every tile of
+    ``block_t`` tokens (starting at a multiple of ``block_t``) lies inside one token group, so one
+    row of per-channel scales serves the tile; ``GROUPS`` when head_dim is a power of two cut into
+    groups, so each token's ``D // dg`` scales are loaded once and broadcast; ``GATHER`` (one load
+    per element) otherwise. Per-token scales are always one load per token."""
+    if tg > 1 and tg % block_t == 0:
+        return ROW
+    if tg == 1 and 1 < dg < d and d == triton.next_power_of_2(d) and dg == triton.next_power_of_2(dg):
+        return GROUPS
+    return GATHER
+
+
 @triton.jit
-def dequant_tile(C, S, M, toks, tmask, stride_c, stride_s, D: tl.constexpr, BITS: tl.constexpr,
+def dequant_tile(C, S, M, t0, toks, tmask, stride_c, stride_s, D: tl.constexpr, BITS: tl.constexpr,
                  TG: tl.constexpr, DG: tl.constexpr, ZP: tl.constexpr, PACKED: tl.constexpr,
-                 BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Tokens ``toks`` ``(BLOCK_T,)`` of one head, dequantized in float32 ``(BLOCK_T, BLOCK_D)``
-    (zero beyond ``D`` and where ``tmask`` is False).
+                 SCALES: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Tokens ``toks`` ``(BLOCK_T,)`` of one head (the tile starting at token ``t0``), dequantized
+    in float32 ``(BLOCK_T, BLOCK_D)`` (zero beyond ``D`` and where ``tmask`` is False).
 
     ``C`` points at the head's codes (row stride ``stride_c``; packed along head_dim when
-    ``PACKED``), ``S``/``M`` at its scales/minima ``(T // TG, D // DG)`` (row stride ``stride_s``).
+    ``PACKED``), ``S``/``M`` at its scales/minima ``(T // TG, D // DG)`` (row stride ``stride_s``),
+    read as :func:`scale_access` says (``SCALES``).
     """
     PER: tl.constexpr = 8 // BITS if PACKED else 1
     j = tl.arange(0, BLOCK_D // PER)
@@ -137,6 +174,19 @@ def dequant_tile(C, S, M, toks, tmask, stride_c, stride_s, D: tl.constexpr, BITS
         scale = tl.load(S + srow, mask=tmask, other=0.0)[:, None]
         if ZP:
             mn = tl.load(M + srow, mask=tmask, other=0.0)[:, None]
+    elif SCALES == 1:  # ROW: the tile's one row of per-channel scales
+        row = (t0 // TG) * stride_s + chans
+        scale = tl.load(S + row, mask=chans < D, other=0.0)[None, :]
+        if ZP:
+            mn = tl.load(M + row, mask=chans < D, other=0.0)[None, :]
+    elif SCALES == 2:  # GROUPS: D // DG scales per token, each broadcast over its DG channels
+        NG: tl.constexpr = D // DG
+        grp = srow[:, None] + tl.arange(0, NG)[None, :]
+        s = tl.load(S + grp, mask=tmask[:, None], other=0.0)
+        scale = tl.reshape(tl.broadcast_to(s[:, :, None], (BLOCK_T, NG, DG)), (BLOCK_T, BLOCK_D))
+        if ZP:
+            m = tl.load(M + grp, mask=tmask[:, None], other=0.0)
+            mn = tl.reshape(tl.broadcast_to(m[:, :, None], (BLOCK_T, NG, DG)), (BLOCK_T, BLOCK_D))
     else:
         smask = tmask[:, None] & (chans < D)[None, :]
         scale = tl.load(S + srow[:, None] + (chans // DG)[None, :], mask=smask, other=0.0)
@@ -150,14 +200,15 @@ def dequant_tile(C, S, M, toks, tmask, stride_c, stride_s, D: tl.constexpr, BITS
 
 @triton.jit
 def _dequant_kernel(C, S, M, O, T, stride_c, D: tl.constexpr, BITS: tl.constexpr, TG: tl.constexpr,
-                    DG: tl.constexpr, ZP: tl.constexpr, PACKED: tl.constexpr, BLOCK_T: tl.constexpr,
-                    BLOCK_D: tl.constexpr):
+                    DG: tl.constexpr, ZP: tl.constexpr, PACKED: tl.constexpr, SCALES: tl.constexpr,
+                    BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
     """Program ``(bh, i)`` dequantizes tokens ``i * BLOCK_T …`` of head ``bh`` of ``(BH, T, …)``."""
     bh = tl.program_id(0).to(tl.int64)
-    toks = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    t0 = tl.program_id(1) * BLOCK_T
+    toks = t0 + tl.arange(0, BLOCK_T)
     tmask = toks < T
-    x = dequant_tile(C + bh * T * stride_c, S + bh * (T // TG) * (D // DG), M + bh * (T // TG) * (D // DG), toks,
-                     tmask, stride_c, D // DG, D, BITS, TG, DG, ZP, PACKED, BLOCK_T, BLOCK_D)
+    x = dequant_tile(C + bh * T * stride_c, S + bh * (T // TG) * (D // DG), M + bh * (T // TG) * (D // DG), t0,
+                     toks, tmask, stride_c, D // DG, D, BITS, TG, DG, ZP, PACKED, SCALES, BLOCK_T, BLOCK_D)
     chans = tl.arange(0, BLOCK_D)
     tl.store(O + bh * T * D + toks[:, None] * D + chans[None, :], x.to(O.dtype.element_ty),
              mask=tmask[:, None] & (chans < D)[None, :])
@@ -177,18 +228,21 @@ def quantize(x: torch.Tensor, layout: QuantLayout, pack: bool = False):
     codes = torch.empty(*lead, T, D // per, dtype=code_dtype, device=x.device)
     scale = torch.empty(*lead, T // tg, D // dg, dtype=torch.float32, device=x.device)
     mn = torch.empty_like(scale) if zp else scale  # an unused pointer when there is no zero point
+    if x.numel() == 0:
+        return codes, scale, (mn if zp else None)
+    inv = inv_qmax(bits, zp, x.device)
     if tg == 1:
         N = src.numel() // D
         block_g = max(triton.next_power_of_2(dg), per)
         block_r = row_block(block_g)
         _quant_groups_kernel[(triton.cdiv(N, block_r), D // dg)](src, codes, scale, mn, N, D, dg, bits, zp, pack,
-                                                                 block_r, block_g, enable_fp_fusion=False)
+                                                                 inv, block_r, block_g, enable_fp_fusion=False)
     else:
         BH = src.numel() // (T * D)
         block_t = triton.next_power_of_2(tg)
         block_d = max(per, min(triton.next_power_of_2(D), max(16, 4096 // block_t)))
         _quant_blocks_kernel[(BH * (T // tg), triton.cdiv(D, block_d))](src, codes, scale, mn, T, D, tg, bits, zp,
-                                                                        pack, block_t, block_d,
+                                                                        pack, inv, block_t, block_d,
                                                                         enable_fp_fusion=False)
     return codes, scale, (mn if zp else None)
 
@@ -213,8 +267,8 @@ def dequantize(codes: torch.Tensor, scale: torch.Tensor, mn: torch.Tensor | None
     block_d = triton.next_power_of_2(D)
     block_t = row_block(block_d)
     _dequant_kernel[(BH, triton.cdiv(T, block_t))](codes.contiguous(), s, m, out, T, W, D, layout.bits, tg, dg,
-                                                   layout.zero_point, packed, block_t, block_d,
-                                                   enable_fp_fusion=False)
+                                                   layout.zero_point, packed, scale_access(tg, dg, D, block_t),
+                                                   block_t, block_d, enable_fp_fusion=False)
     return out
 
 

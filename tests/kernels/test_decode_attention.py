@@ -24,18 +24,21 @@ CACHES = {  # (keys, values, quantized tokens)
     "int4-pertoken-zp": (QuantLayout.per_token(4, True), QuantLayout.per_token(4, True), 63),
     "kivi-4-g16": (QuantLayout.channel_blocks(4, 16), QuantLayout.channel_groups(4, 16), 64),
     "kivi-2-g32": (QuantLayout.channel_blocks(2, 32), QuantLayout.channel_groups(2, 16), 64),
+    # head_dim 64: per-channel key scales read once per 32-token tile, value group scales broadcast
+    "kivi-2-g32-d64": (QuantLayout.channel_blocks(2, 32), QuantLayout.channel_groups(2, 16), 64),
 }
 
 
 def make_cache(name, dtype, residual=5, seed=0, device="cpu"):
     g = torch.Generator().manual_seed(seed)
     k_layout, v_layout, s_q = CACHES[name]
-    k = torch.randn(B, HKV, s_q, D, generator=g) * torch.rand(B, HKV, 1, D, generator=g).mul(2).add(0.5)
-    v = torch.randn(B, HKV, s_q, D, generator=g)
-    q = torch.randn(B, H, 1, D, generator=g).to(dtype)
+    dim = 64 if name.endswith("-d64") else D
+    k = torch.randn(B, HKV, s_q, dim, generator=g) * torch.rand(B, HKV, 1, dim, generator=g).mul(2).add(0.5)
+    v = torch.randn(B, HKV, s_q, dim, generator=g)
+    q = torch.randn(B, H, 1, dim, generator=g).to(dtype)
     kq, vq = quantize_packed(k, k_layout), quantize_packed(v, v_layout)
-    kr = torch.randn(B, HKV, residual, D, generator=g).to(dtype)
-    vr = torch.randn(B, HKV, residual, D, generator=g).to(dtype)
+    kr = torch.randn(B, HKV, residual, dim, generator=g).to(dtype)
+    vr = torch.randn(B, HKV, residual, dim, generator=g).to(dtype)
     to = lambda t: t.to(device)  # noqa: E731
     kq.codes, kq.scale = to(kq.codes), to(kq.scale)
     vq.codes, vq.scale = to(vq.codes), to(vq.scale)
@@ -71,7 +74,7 @@ def test_kernel_matches_the_reference(name, dtype, device):
         ref = decode_attention_ref(q, kq, vq, *res, valid=mask)
         with dispatch.backend("triton"):
             out = dispatch.decode_attention(q, kq, vq, *res, valid=mask, num_splits=3)
-        assert out.dtype == dtype and out.shape == (B, H, 1, D)
+        assert out.dtype == dtype and out.shape == q.shape
         err = (out.float() - ref.float()).abs().max().item()
         assert err <= TOL[dtype], (res[0] is not None, mask is not None, err)
 

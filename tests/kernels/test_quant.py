@@ -73,6 +73,26 @@ def test_half_precision_inputs_and_outputs(name, device):
     assert dec.dtype == torch.float16 and torch.equal(dec, t.dequantize(torch.float16))
 
 
+@pytest.mark.triton
+@pytest.mark.parametrize("layout, access", [
+    (QuantLayout.channel_groups(4, 16), "GROUPS"),  # head_dim 64: each token's 4 scales broadcast
+    (QuantLayout.channel_blocks(2, 64), "ROW"),  # a 64-token tile sits inside one block
+    (QuantLayout.channel_blocks(2, 32), "GATHER"),
+], ids=["groups", "row", "gather"])
+def test_every_way_of_reading_scales(layout, access, device):
+    """Head_dim 64 (a power of two) reaches the scale reads that head_dim 80 cannot."""
+    from kvfp.kernels import quant_triton
+
+    x = awkward(tokens=128)[..., :64].contiguous().to(device)
+    block_t = quant_triton.row_block(64)
+    assert quant_triton.scale_access(layout.token_group, layout.channel_group or 64, 64, block_t) == getattr(
+        quant_triton, access)
+    codes, scale, mn = quantize(x, layout)
+    with dispatch.backend("triton"):
+        dec = dispatch.dequantize(pack_codes(codes, layout.bits), scale, mn, layout, torch.float32, packed=True)
+    assert torch.equal(dec, dequantize(codes, scale, mn, layout, torch.float32))
+
+
 def test_layouts_reproduce_the_scheme_references():
     """The per-token layout is quantize_symmetric exactly, so routing the codecs changes no code."""
     x = awkward()
