@@ -9,7 +9,10 @@ Codes equal the reference's bit for bit:
   rounding (exact for ``|y| < 2**22``; codes stay below 256). libdevice's ``rint`` would do the
   same on CUDA but does not exist under ``TRITON_INTERPRET``.
 * Divisions use ``tl.math.div_rn`` (IEEE division); Triton's ``/`` on float32 is an approximate
-  division on CUDA.
+  division on CUDA. The one exception is ``range / qmax``, which follows the device's PyTorch
+  (:func:`inv_qmax`): on CUDA, PyTorch multiplies by the float32 reciprocal of a Python scalar
+  divisor, so the scales (and codes) of the reference differ between CPU and CUDA, and the
+  kernel matches each.
 * Dequantization runs with floating-point contraction off, so ``code * scale + mn`` is rounded
   twice as in PyTorch, never fused into one FMA.
 
