@@ -235,6 +235,21 @@ class ReferenceRunner:
         return self.cache_dir / self.model_hash / key[:2] / f"{key}.safetensors"
 
     def _replays(self, which: str, scheme: str, obs: list[Observation]) -> list[Replay]:
+        # observations with the same ids share one replay: greedy decoding under benign serving
+        # differences often reproduces the very same tokens
+        first: dict[tuple, int] = {}
+        uniq: list[Observation] = []
+        slot = []
+        for o in obs:
+            ids = (tuple(map(int, o.prompt_ids)), tuple(map(int, o.output_ids)))
+            if ids not in first:
+                first[ids] = len(uniq)
+                uniq.append(o)
+            slot.append(first[ids])
+        done = self._replays_unique(which, scheme, uniq)
+        return [done[j] for j in slot]
+
+    def _replays_unique(self, which: str, scheme: str, obs: list[Observation]) -> list[Replay]:
         out: list[Replay | None] = [None] * len(obs)
         keys = [self._key(which, scheme, o) for o in obs] if self.cache_dir is not None else None
         todo = []
@@ -244,12 +259,12 @@ class ReferenceRunner:
                 todo.append(i)
             else:
                 out[i] = got
+        if not todo:
+            return out
         # equal lengths batch without padding, so a replay does not depend on its batch mates
         groups: dict[tuple[int, int], list[int]] = {}
         for i in todo:
             groups.setdefault((len(obs[i].prompt_ids), len(obs[i].output_ids)), []).append(i)
-        if not todo:
-            return out
         s = self.schemes.get(scheme) or parse_scheme(scheme)
         model = self._model_for(which)  # the bf16 copy is only built when something must be replayed
         from kvfp.runner import replay

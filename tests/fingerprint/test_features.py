@@ -148,6 +148,21 @@ def test_reference_cache_serves_the_same_replays(tiny_eager, observed, tmp_path,
     assert len(list(tmp_path.rglob("*.safetensors"))) == 6  # other tokens, other replays
 
 
+def test_identical_tokens_are_replayed_once(tiny_eager, observed, monkeypatch):
+    import kvfp.runner
+
+    model, _ = tiny_eager
+    calls = []
+    real = kvfp.runner.replay
+    monkeypatch.setattr("kvfp.runner.replay", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    obs = observed["int4-pertoken"]
+    twin = copy.deepcopy(obs)
+    twin.logits = None  # another tier of the same tokens: the same replays serve it
+    a, b = ReferenceRunner(model, ["int4-pertoken"], cache_dir=None, noise=False).references([obs, twin])
+    assert calls == [1, 1]  # reference and candidate, one prompt each
+    assert a.ref is b.ref and np.array_equal(a.candidates["int4-pertoken"].logits, b.candidates["int4-pertoken"].logits)
+
+
 def test_reference_refuses_bad_settings(tiny_eager):
     model, _ = tiny_eager
     with pytest.raises(KvfpError, match="unknown scheme"):
