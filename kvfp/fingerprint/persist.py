@@ -95,7 +95,8 @@ class TrainedFingerprinter:
         """Fit a :class:`Fingerprinter` (with ``params``) for each tier of ``X`` on labels ``y``;
         ``groups`` (the probe of each row) makes held-out estimates hold out whole probes."""
         cands = manifest.get("candidates") or []
-        out = cls(manifest=dict(manifest))
+        # the features being fitted were computed by this kvfp: record their version with them
+        out = cls(manifest={**manifest, "features_version": FEATURES_VERSION})
         for tier, Xt in X.items():
             names = feature_names(tier, cands)
             if Xt.shape[1] != len(names):
