@@ -95,28 +95,30 @@ def test_resume_after_sigkill_loses_and_duplicates_nothing(work, cache_env, tmp_
     assert_same_dataset(out, work["single"])
 
 
-def test_two_processes_on_one_folder_equal_one_process(work, tmp_path):
+def test_two_processes_on_one_folder_equal_one_process(work, cache_env, tmp_path):
     out = tmp_path / "shared"
-    procs = [subprocess.Popen(_cli(work, out, "--json"), cwd=ROOT, env=_env(work), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = []
-    for p in procs:
-        stdout, stderr = p.communicate(timeout=300)
-        assert p.returncode == 0, stderr
-        results.append(json.loads(stdout[stdout.index("{"):]))
+    other = subprocess.Popen(_cli(work, out, "--json"), cwd=ROOT, env=_env(work), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    # this test process is the second worker; it starts once the other holds its first unit
+    deadline = time.time() + 180
+    while not list((out / ".claims").glob("*.lock")) and other.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    here = collect(CollectSpec(model="kvfp-tiny", schemes=SCHEMES, out=out, probes=str(work["suite"]), **SETTINGS),
+                   show_progress=False)
+    stdout, stderr = other.communicate(timeout=300)
+    assert other.returncode == 0, stderr
+    there = json.loads(stdout[stdout.index("{"):])
     # every unit ran exactly once, in one process or the other
-    assert sum(r["units"]["run_here"] for r in results) == len(SCHEMES) * len(LENGTHS)
-    assert all(r["units"]["left"] == 0 for r in results)
+    assert here["units"]["run_here"] + there["units"]["run_here"] == len(SCHEMES) * len(LENGTHS)
+    assert here["units"]["left"] == there["units"]["left"] == 0
     assert_same_dataset(out, work["single"])
 
 
 @pytest.mark.slow
-def test_workers_option_spawns_processes_that_share_the_units(work, tmp_path):
+def test_workers_option_spawns_processes_that_share_the_units(work, cache_env, tmp_path):
     out = tmp_path / "workers"
-    r = subprocess.run(_cli(work, out, "--workers", "2", "--json"), cwd=ROOT, env=_env(work), capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    result = json.loads(r.stdout[r.stdout.index("{"):])
+    result = collect(CollectSpec(model="kvfp-tiny", schemes=SCHEMES, out=out, probes=str(work["suite"]), workers=2,
+                                 **SETTINGS), show_progress=False)
     assert result["units"]["left"] == 0 and result["traces"] == len(SCHEMES) * len(LENGTHS)
     assert_same_dataset(out, work["single"])
 
