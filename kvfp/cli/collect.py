@@ -12,8 +12,9 @@ from rich.table import Table
 from kvfp.cli.errors import err_console, user_errors
 from kvfp.cli.options import AttnOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt
 
-OutDataset = Annotated[str, typer.Option("--out", "-o", help="Dataset folder: new, empty, or the same run's "
-                                                           "(then only missing units run).")]
+OutDataset = Annotated[str, typer.Option("--out", "-o", help="Dataset folder: new, empty, or one of the same "
+                                                           "run (same model, probes, settings; schemes may be "
+                                                           "added): then only missing units run.")]
 
 
 @user_errors
