@@ -58,7 +58,10 @@ def _env(work, fresh_cache: Path | None = None) -> dict:
 
 
 def _shard_files(out: Path) -> list[Path]:
-    return sorted((out / "shards").rglob("*.parquet")) if (out / "shards").is_dir() else []
+    """Published shards (a writer's temporaries are dot-files with the same suffix)."""
+    if not (out / "shards").is_dir():
+        return []
+    return sorted(p for p in (out / "shards").rglob("shard-*.parquet") if not p.name.startswith("."))
 
 
 def assert_same_dataset(a: Path, b: Path) -> None:

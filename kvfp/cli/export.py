@@ -33,6 +33,9 @@ def export(
     if out.exists():
         raise KvfpError(f"{out} already exists; kvfp never overwrites output. Choose another --out.", exit_code=2)
     ds = open_dataset(dataset)
+    if ds.missing():
+        err_console.print(f"warning: {len(ds.missing())} unit(s) of {dataset} are not collected yet; exporting "
+                          f"what is there (finish with the same `kvfp collect` command)")
     tok = None if format == "kvfp-jsonl" else dataset_tokenizer(ds)
     from kvfp.compressors import parse_scheme
 
