@@ -1,0 +1,125 @@
+"""From collected datasets to a trained fingerprinter: the plain function behind ``kvfp train``.
+
+Every trace of every dataset becomes one labelled observation (label: the scheme that produced
+it; group: its probe, so held-out estimates hold out whole probes). Datasets may differ in probe
+seed and in serving settings (a ``none`` run in bf16 with sdpa teaches what benign differences
+look like) but must share one model and tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from kvfp.errors import KvfpError
+from kvfp.fingerprint.observation import TIERS, Observation, from_trace
+
+# the candidates simulated by default: one or two per family and granularity, chosen so their
+# replays separate the catalogue's genes; every candidate costs one replay per observation
+DEFAULT_CANDIDATES = ("none", "int8-pertoken", "int4-pertoken", "int2-pertoken", "kivi-2", "int4-perchannel",
+                      "fp8-e4m3", "window-512", "h2o-0.1-0.1", "snapkv-0.5", "svd-r16", "mla-48")
+
+
+@dataclass
+class LabelledObservations:
+    observations: list[Observation]
+    labels: list[str]
+    groups: list[str]
+    probes: dict = field(default_factory=dict)  # probe id -> Probe, across every dataset
+    manifests: list[dict] = field(default_factory=list)
+
+    def tiers(self) -> list[str]:
+        """Tiers every observation supports, most informative first."""
+        common = set(TIERS)
+        for o in self.observations:
+            common &= set(o.tiers())
+        return [t for t in TIERS if t in common]
+
+    def __len__(self) -> int:
+        return len(self.observations)
+
+
+def load_labelled(paths: Sequence[Path | str]) -> LabelledObservations:
+    """Every trace of the datasets at ``paths`` as a labelled observation (checked to share a model)."""
+    from kvfp.datasets.dataset import open_dataset
+
+    if not paths:
+        raise KvfpError("name at least one --data folder", exit_code=2)
+    out = LabelledObservations([], [], [])
+    first = None
+    for p in paths:
+        ds = open_dataset(p)
+        m = ds.manifest
+        ident = (m["model"]["weights_hash"], m["model"]["tokenizer_hash"])
+        if first is None:
+            first = (p, ident)
+        elif ident != first[1]:
+            raise KvfpError(f"{p} was collected with another model or tokenizer than {first[0]} "
+                            f"(weights/tokenizer hashes differ); train on datasets of one model")
+        if not ds.complete():
+            raise KvfpError(f"{p} is incomplete ({len(ds.missing())} units missing); finish it with the same "
+                            "`kvfp collect` command first", exit_code=2)
+        out.manifests.append(m)
+        suite_probes = ds.probes.by_id()
+        for pid, probe in suite_probes.items():
+            known = out.probes.get(pid)
+            if known is not None and known.ids != probe.ids:
+                raise KvfpError(f"probe id {pid} means different prompts in two datasets; use suites of one generator")
+            out.probes[pid] = probe
+        for tr in ds.traces():
+            o = from_trace(tr)
+            out.observations.append(o)
+            out.labels.append(str(tr.meta["scheme"]))
+            out.groups.append(str(o.probe_id))
+    if not out.observations:
+        raise KvfpError("the datasets hold no traces", exit_code=2)
+    return out
+
+
+def manifest_identity(data: LabelledObservations) -> dict:
+    """Model id and probe-suite hash(es) of the training data, for the classifier's manifest."""
+    m = data.manifests[0]
+    hashes = sorted({mm["probes"]["suite_hash"] for mm in data.manifests})
+    return {"model_id": m["model"]["id"], "probe_suite_hash": ",".join(hashes) or None}
+
+
+def fit_fingerprinter(data: LabelledObservations, model, tokenizer, *, tiers: Sequence[str] | None = None,
+                      candidates: Sequence[str] | None = None, runner=None, log=lambda msg: None, **params):
+    """Features of every observation at every tier, then one :class:`Fingerprinter` per tier.
+
+    Parameters
+    ----------
+    model, tokenizer : the float32 reference model the data was collected with
+    tiers : default: every tier all observations support
+    candidates : schemes to simulate (default :data:`DEFAULT_CANDIDATES`)
+    runner : a ready :class:`~kvfp.fingerprint.reference.ReferenceRunner` (overrides ``candidates``)
+    params : passed to :class:`~kvfp.fingerprint.estimators.Fingerprinter`
+
+    Returns
+    -------
+    (TrainedFingerprinter, {tier: X})
+    """
+    from kvfp.fingerprint.features.extract import feature_matrix
+    from kvfp.fingerprint.persist import TrainedFingerprinter, make_manifest
+    from kvfp.fingerprint.reference import ReferenceRunner
+
+    tiers = list(tiers or data.tiers())
+    missing = [t for t in tiers if t not in data.tiers()]
+    if missing:
+        raise KvfpError(f"the training data does not support tier(s) {', '.join(missing)} (it supports "
+                        f"{', '.join(data.tiers())}); collect with --logits for the logits tier", exit_code=2)
+    if len(set(data.labels)) < 2:
+        raise KvfpError(f"training needs at least two schemes; the data holds only {set(data.labels)}", exit_code=2)
+    runner = runner or ReferenceRunner(model, list(candidates or DEFAULT_CANDIDATES))
+    log(f"features of {len(data)} observations at {', '.join(tiers)} "
+        f"({len(runner.candidates)} candidate schemes replayed per observation)")
+    X = feature_matrix(data.observations, runner, tiers, data.probes)
+    ident = manifest_identity(data)
+    manifest = make_manifest(model, tokenizer, model_id=ident["model_id"], probe_suite_hash=ident["probe_suite_hash"],
+                             candidates=runner.candidates)
+    labels = np.asarray(data.labels, dtype=object)
+    trained = TrainedFingerprinter.fit(manifest, X, labels, groups=np.asarray(data.groups), **params)
+    return trained, X
