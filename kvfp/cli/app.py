@@ -4,6 +4,7 @@ import typer
 
 from kvfp.cli import models, probes
 from kvfp.cli.collect import collect
+from kvfp.cli.evaluate import evaluate
 from kvfp.cli.export import export
 from kvfp.cli.schemes import schemes
 from kvfp.cli.version import version
@@ -19,6 +20,7 @@ app.command()(version)
 app.command()(collect)
 app.command()(export)
 app.command()(schemes)
+app.command()(evaluate)
 app.add_typer(models.app, name="models")
 app.add_typer(probes.app, name="probes")
 
