@@ -22,8 +22,7 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 setup: $(VENV)/.installed
 
 demo: setup
-	$(BIN)/kvfp collect --model kvfp-tiny --scheme none --scheme int8-pertoken --scheme int4-pertoken \
-		--scheme window-512 --out runs/demo-$$(date +%Y%m%d-%H%M%S)
+	bash scripts/demo.sh $(BIN)/kvfp
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -6,7 +6,9 @@ from kvfp.cli import models, probes
 from kvfp.cli.collect import collect
 from kvfp.cli.evaluate import evaluate
 from kvfp.cli.export import export
+from kvfp.cli.identify import identify
 from kvfp.cli.schemes import schemes
+from kvfp.cli.train import train
 from kvfp.cli.version import version
 
 app = typer.Typer(
@@ -21,6 +23,8 @@ app.command()(collect)
 app.command()(export)
 app.command()(schemes)
 app.command()(evaluate)
+app.command()(train)
+app.command()(identify)
 app.add_typer(models.app, name="models")
 app.add_typer(probes.app, name="probes")
 

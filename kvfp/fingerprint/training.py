@@ -59,7 +59,7 @@ def load_labelled(paths: Sequence[Path | str]) -> LabelledObservations:
         elif ident != first[1]:
             raise KvfpError(f"{p} was collected with another model or tokenizer than {first[0]} "
                             f"(weights/tokenizer hashes differ); train on datasets of one model")
-        if not ds.complete():
+        if not ds.complete:
             raise KvfpError(f"{p} is incomplete ({len(ds.missing())} units missing); finish it with the same "
                             "`kvfp collect` command first", exit_code=2)
         out.manifests.append(m)

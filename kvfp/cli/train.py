@@ -1,0 +1,58 @@
+"""``kvfp train``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kvfp.cli.errors import err_console, user_errors
+from kvfp.cli.options import JsonOpt
+
+
+@user_errors
+def train(
+    data: Annotated[list[Path], typer.Option("--data", "-d", help="Dataset folder from `kvfp collect`; repeat "
+                                                                  "for several (one model).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Classifier folder to write; must not exist.")],
+    tier: Annotated[list[str] | None, typer.Option("--tier", "-t", help="Tier to train; repeat. Default: every "
+                                                                        "tier the data supports.")] = None,
+    candidates: Annotated[str | None, typer.Option(help="Comma-separated schemes simulated per observation, "
+                                                        "or 'all' (the catalogue; slow). Default: 12 "
+                                                        "representatives.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a fingerprinter on collected datasets.
+
+    Every trace is labelled with the scheme that produced it. Features compare it with the
+    reference model replaying its tokens (and with each candidate scheme); one classifier stack
+    per access tier is saved as safetensors + JSON (no pickle), tied to the model and tokenizer.
+    """
+    from kvfp.compressors import canonical_names
+    from kvfp.errors import KvfpError
+    from kvfp.fingerprint.persist import save_fingerprinter
+    from kvfp.fingerprint.reference import REFERENCE
+    from kvfp.fingerprint.training import fit_fingerprinter, load_labelled
+    from kvfp.models import load
+
+    if out.exists():
+        raise KvfpError(f"{out} already exists; kvfp never overwrites output. Choose another --out.", exit_code=2)
+    labelled = load_labelled(data)
+    cands = None
+    if candidates:
+        cands = list(canonical_names()) if candidates == "all" else [c.strip() for c in candidates.split(",") if c]
+    model_id = labelled.manifests[0]["model"]["id"]
+    model, tok = load(model_id, dtype=REFERENCE[1], attn=REFERENCE[2])
+    n_schemes = len(set(labelled.labels))
+    err_console.print(f"{len(labelled)} observations of {n_schemes} schemes from {len(data)} dataset(s)")
+    trained, X = fit_fingerprinter(labelled, model, tok, tiers=tier or None, candidates=cands,
+                                   log=lambda m: err_console.print(m))
+    save_fingerprinter(out, trained)
+    summary = {"out": str(out), "model": model_id, "tiers": list(trained.tiers), "observations": len(labelled),
+               "schemes": sorted(set(labelled.labels)), "candidates": trained.candidates}
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        typer.echo(f"saved {out}: {len(summary['schemes'])} schemes, tiers {', '.join(summary['tiers'])}")

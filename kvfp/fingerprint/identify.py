@@ -1,0 +1,98 @@
+"""Identify the scheme behind an endpoint log: the plain function behind ``kvfp identify``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvfp.errors import KvfpError
+from kvfp.fingerprint.observation import TIERS
+
+
+@dataclass
+class Report:
+    """The verdict on a log, with its evidence.
+
+    ``pooled`` combines every observation of the log (one endpoint answering several probes);
+    ``per_observation`` are the single-probe identifications, in log order.
+    """
+
+    log: str
+    tier: str
+    n_observations: int
+    scored_tokens: int
+    pooled: dict
+    per_observation: list[dict] = field(default_factory=list)
+    evidence: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    classifier: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def choose_tier(observations, trained_tiers, requested: str = "auto") -> str:
+    """``requested`` checked against what the log and the classifier support, or the most
+    informative tier both support."""
+    supported = [t for t in TIERS if all(t in o.tiers() for o in observations)]
+    if requested != "auto":
+        if requested not in TIERS:
+            raise KvfpError(f"unknown tier {requested!r}; tiers are auto, {', '.join(TIERS)}", exit_code=2)
+        if requested not in supported:
+            raise KvfpError(f"the log does not support tier {requested} (it supports {', '.join(supported)})",
+                            exit_code=2)
+        if requested not in trained_tiers:
+            raise KvfpError(f"the classifier has no {requested} tier (it has {', '.join(trained_tiers)})", exit_code=2)
+        return requested
+    for t in supported:
+        if t in trained_tiers:
+            return t
+    raise KvfpError(f"no tier in common: the log supports {', '.join(supported)}, the classifier "
+                    f"{', '.join(trained_tiers)}", exit_code=2)
+
+
+def identify_log(log: Path | str, model_name: str, classifier: Path | str, *, tier: str = "auto",
+                 probes: Path | str | None = None, fmt: str = "auto", top: int = 5,
+                 log_progress=lambda msg: None) -> Report:
+    """Read ``log``, replay its tokens with ``model_name`` at the reference settings, and let the
+    classifier at ``classifier`` name the scheme."""
+    from kvfp.fingerprint.evidence import profile
+    from kvfp.fingerprint.features.extract import feature_matrix
+    from kvfp.fingerprint.persist import load_for_model
+    from kvfp.fingerprint.readers import load_observations
+    from kvfp.fingerprint.reference import REFERENCE
+    from kvfp.models import load
+    from kvfp.probes import read_suite
+
+    if not Path(classifier).exists():
+        raise KvfpError(f"classifier {classifier} not found (train one with `kvfp train`)", exit_code=2)
+    model, tok = load(model_name, dtype=REFERENCE[1], attn=REFERENCE[2])
+    trained = load_for_model(classifier, model, tok)
+    suite = read_suite(probes) if probes is not None else None
+    observations = load_observations(log, tok, fmt=fmt, suite=suite)
+    if not observations:
+        raise KvfpError(f"{log} holds no responses")
+    notes = [n for o in observations for n in o.notes]
+    chosen = choose_tier(observations, list(trained.tiers), tier)
+    by_id = suite.by_id() if suite is not None else {}
+    if suite is None:
+        notes.append("no --probes suite given: position-to-planted-span profiles are empty, which weakens "
+                     "the features the classifier was trained with")
+    runner = trained.reference_runner(model)
+    log_progress(f"replaying {len(observations)} response(s) under the reference, the bf16 noise yardstick and "
+                 f"{len(runner.candidates)} candidate schemes")
+    X = feature_matrix(observations, runner, [chosen], by_id)[chosen]
+    pooled = trained.identify(X, chosen, pooled=True, top=top)
+    singles = trained.identify(X, chosen, top=top)
+    refs = list(runner.references(observations))  # from the replay cache just filled
+    evidence = profile(observations, refs, chosen)
+    return Report(
+        log=str(log), tier=chosen, n_observations=len(observations),
+        scored_tokens=sum(o.steps for o in observations),
+        pooled=pooled.to_dict(),
+        per_observation=[{"probe_id": o.probe_id, "line": o.meta.get("line"), **i.to_dict()}
+                         for o, i in zip(observations, singles)],
+        evidence=evidence.to_dict(), notes=notes,
+        classifier={"path": str(classifier), "model_id": trained.manifest.get("model_id"),
+                    "tiers": list(trained.tiers), "candidates": trained.candidates},
+    )
