@@ -11,8 +11,12 @@ SERVED=${SERVED:-kivi-2}
 mkdir -p "$D"
 echo "== 1. collect: the quick probe suite (seed 0) under ${#SCHEMES[@]} schemes, reference settings"
 "$KVFP" collect --model kvfp-tiny "${S[@]}" --probes quick --new-tokens 16 --logits --attn eager --out "$D/train"
+echo "== 1b. the same schemes served in bfloat16 with sdpa: kvfp's own replays match its own traces exactly,"
+echo "      so without served-like traces a classifier would learn that the right candidate fits perfectly"
+"$KVFP" collect --model kvfp-tiny "${S[@]}" --probes quick --new-tokens 16 --dtype bfloat16 --attn sdpa \
+    --out "$D/train-bf16"
 echo "== 2. train: one classifier per access tier"
-"$KVFP" train --data "$D/train" --candidates "$CANDS" --out "$D/classifier"
+"$KVFP" train --data "$D/train" --data "$D/train-bf16" --candidates "$CANDS" --out "$D/classifier"
 echo "== 3. an 'endpoint' serving $SERVED in bfloat16 with sdpa answers probes it was not trained on (seed 1)"
 "$KVFP" probes generate --model kvfp-tiny --suite quick --seed 1 --out "$D/heldout-probes.jsonl"
 "$KVFP" collect --model kvfp-tiny --scheme "$SERVED" --probes "$D/heldout-probes.jsonl" --new-tokens 16 \

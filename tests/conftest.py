@@ -2,6 +2,13 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach for the network
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# ``@triton.jit`` reads TRITON_INTERPRET when it decorates: set it before any test module (of any
+# folder) can import a kernel module, or kernels decorated for a GPU meet the interpreter later
+if "TRITON_INTERPRET" not in os.environ:
+    import torch as _torch
+
+    if not _torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
