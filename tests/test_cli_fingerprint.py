@@ -101,3 +101,23 @@ def test_train_refuses_existing_out_and_one_scheme(trained, tmp_path):
     assert r.exit_code == 2 and "already exists" in r.output
     r = runner.invoke(app, ["train", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "c")])
     assert r.exit_code != 0 and "Traceback" not in r.output
+
+
+@pytest.mark.slow
+def test_train_accepts_the_same_model_served_in_another_dtype(trained, tmp_path):
+    # float32 and bfloat16 runs hash their loaded weights differently; one model all the same
+    tmp, clf, test, suite = trained
+    bf16 = tmp_path / "train-bf16"
+    r = runner.invoke(app, ["collect", "--model", "kvfp-tiny", "-s", "none", "--probes", str(tmp / "train.jsonl"),
+                            "--out", str(bf16), "--new-tokens", "8", "--dtype", "bfloat16"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train", "--data", str(tmp / "train"), "--data", str(bf16), "--tier", "tokens",
+                            "--candidates", "none", "--out", str(tmp_path / "mixed"), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout[r.stdout.index("{"):])["observations"] == 12
+
+
+def test_train_refuses_one_probe_id_meaning_two_prompts(trained, tmp_path):
+    tmp, clf, test, suite = trained  # both suites name their probes plain-<n>-<i>, over other text
+    r = runner.invoke(app, ["train", "--data", str(tmp / "train"), "--data", str(test), "--out", str(tmp_path / "c")])
+    assert r.exit_code != 0 and "means different prompts" in r.output and "Traceback" not in r.output

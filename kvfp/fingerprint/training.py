@@ -49,16 +49,23 @@ def load_labelled(paths: Sequence[Path | str]) -> LabelledObservations:
     if not paths:
         raise KvfpError("name at least one --data folder", exit_code=2)
     out = LabelledObservations([], [], [])
-    first = None
+    first, weights = None, {}
     for p in paths:
         ds = open_dataset(p)
         m = ds.manifest
-        ident = (m["model"]["weights_hash"], m["model"]["tokenizer_hash"])
+        # weights hashes are of the weights as loaded, so a bf16 run of the same model hashes
+        # differently: compare them between datasets of one dtype, and model and tokenizer always
+        ident = (m["model"]["id"], m["model"]["tokenizer_hash"])
         if first is None:
             first = (p, ident)
         elif ident != first[1]:
             raise KvfpError(f"{p} was collected with another model or tokenizer than {first[0]} "
-                            f"(weights/tokenizer hashes differ); train on datasets of one model")
+                            f"({ident[0]} vs {first[1][0]}, or tokenizer hashes differ); use datasets of one model")
+        dtype = m["settings"]["dtype"]
+        seen = weights.setdefault(dtype, (p, m["model"]["weights_hash"]))
+        if seen[1] != m["model"]["weights_hash"]:
+            raise KvfpError(f"{p} and {seen[0]} ran {dtype} weights that differ (weights hashes differ); "
+                            "train on datasets of one model")
         if not ds.complete:
             raise KvfpError(f"{p} is incomplete ({len(ds.missing())} units missing); finish it with the same "
                             "`kvfp collect` command first", exit_code=2)
