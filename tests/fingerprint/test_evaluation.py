@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from kvfp.cli.app import app
 from kvfp.errors import KvfpError
 from kvfp.fingerprint.evaluation import Protocol, run
+from kvfp.fingerprint.evaluation.protocol import collect_specs
 from kvfp.fingerprint.evaluation.report import COLUMNS, table, to_json
 from kvfp.fingerprint.evaluation.truncate import truncate_observation, truncate_reference
 from kvfp.fingerprint.observation import TIERS
@@ -51,10 +52,15 @@ def evaluated(protocol, tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_every_figure_of_every_tier_is_in_range(evaluated):
-    _, r = evaluated
+def test_every_figure_of_every_tier_is_in_range(evaluated, protocol):
+    work, r = evaluated
     assert list(r["tiers"]) == list(TIERS)
-    assert r["counts"] == {"train_observations": 4 * 3 + 3, "test_observations": 4 * 2, "train_probes": 3,
+    specs = collect_specs(protocol, work, list(SCHEMES), None)
+    n_train = sum(len(specs[d].schemes) for d in ("train-reference", "train-nuisance")) * 3
+    # every scheme on both train sides: the served copies keep the classifier off exact fits
+    assert len(specs["train-reference"].schemes) == 4
+    assert specs["train-nuisance"].schemes == specs["train-reference"].schemes
+    assert r["counts"] == {"train_observations": n_train, "test_observations": 4 * 2, "train_probes": 3,
                            "test_probes": 2, "schemes": 4, "candidates": 2}
     for tier, f in r["tiers"].items():
         for key in ("scheme_accuracy", "gene_accuracy", "macro_f1", "false_alarm_rate", "verdict_accuracy",
