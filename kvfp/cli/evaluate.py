@@ -28,7 +28,7 @@ def evaluate(
     """Benchmark the fingerprinter: train and test on disjoint probes, test served with nuisance.
 
     Train side: probe suite seed 0, every catalogue scheme at the reference settings (float32,
-    eager, batch 1), plus none served in bfloat16 with sdpa, batch 4 (benign differences). Test
+    eager, batch 1), plus every scheme served in bfloat16 with sdpa, batch 4 (benign differences). Test
     side: suite seed 1 (other prompts), every scheme served in bfloat16 with sdpa, batch 4.
     Full logits, top-20 and prompt logprobs are collected (16 new tokens with --quick, else 32).
 
