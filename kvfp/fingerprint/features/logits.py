@@ -56,14 +56,6 @@ def compute(obs, ref, noise_obs, probe=None) -> dict[str, float]:
     out["logits.miss20"] = safe_mean(q["miss20"])
     dent_floor = safe_mean(np.abs(n["dent"])) if n is not None else 0.0
     out["logits.dent"] = float(np.arcsinh(safe_mean(q["dent"]) / (dent_floor + 1e-4)))
-    steps = len(q["js"])
-    means, _ = P.bucket_means(q["js"], P.quarter_of(steps), P.N_QUARTERS)
-    for b, m in zip(P.QUARTER_LABELS, means):
-        out[f"logits.js.{b}"] = rel(m, floor["js"], EPS["js"])
-    pos = len(obs.prompt_ids) + np.arange(steps)
-    means, frac = P.bucket_means(q["js"], P.distance_bucket(pos, P.span_starts(probe)), len(P.DIST_LABELS))
-    for b, m in zip(P.DIST_LABELS, means):
-        out[f"logits.js.{b}"] = rel(m, floor["js"], EPS["js"])
-    for b, f in zip(P.DIST_LABELS, frac):
-        out[f"logits.frac.{b}"] = float(f)
+    out.update(P.js_profiles("logits", q["js"], len(obs.prompt_ids), probe, floor["js"],
+                             lambda m, f: rel(m, f, EPS["js"])))
     return out

@@ -57,3 +57,20 @@ def bucket_means(values: np.ndarray, buckets: np.ndarray, n: int) -> tuple[np.nd
     sums = np.bincount(buckets, weights=values, minlength=n)[:n]
     means = np.divide(sums, counts, out=np.zeros(n), where=counts > 0)
     return means, counts / max(len(values), 1)
+
+
+def js_profiles(prefix: str, js: np.ndarray, n_prompt: int, probe, floor: float, to_feature) -> dict[str, float]:
+    """The per-step JS ``(steps,)`` of generated tokens as ``{prefix}.js.<bucket>`` over quarters and
+    span distances (each bucket mean passed through ``to_feature(mean, floor)``), plus the share of
+    steps in each distance bucket as ``{prefix}.frac.<bucket>``. Shared by the logits and top-k tiers."""
+    out = {}
+    means, _ = bucket_means(js, quarter_of(len(js)), N_QUARTERS)
+    for b, m in zip(QUARTER_LABELS, means):
+        out[f"{prefix}.js.{b}"] = to_feature(m, floor)
+    pos = n_prompt + np.arange(len(js))
+    means, frac = bucket_means(js, distance_bucket(pos, span_starts(probe)), len(DIST_LABELS))
+    for b, m in zip(DIST_LABELS, means):
+        out[f"{prefix}.js.{b}"] = to_feature(m, floor)
+    for b, f in zip(DIST_LABELS, frac):
+        out[f"{prefix}.frac.{b}"] = float(f)
+    return out

@@ -83,14 +83,6 @@ def compute(obs, ref, noise_obs, tier: str, probe=None) -> dict[str, float]:
     out = {f"{tier}.{key}": rel(safe_mean(q[key]), floor[key], EPS[e]) for key, e in _REL}
     for key in _RAW:
         out[f"{tier}.{key}"] = safe_mean(q[key])
-    steps = len(q["js"])
-    means, _ = P.bucket_means(q["js"], P.quarter_of(steps), P.N_QUARTERS)
-    for b, m in zip(P.QUARTER_LABELS, means):
-        out[f"{tier}.js.{b}"] = rel(m, floor["js"], EPS["js"])
-    pos = len(obs.prompt_ids) + np.arange(steps)
-    means, frac = P.bucket_means(q["js"], P.distance_bucket(pos, P.span_starts(probe)), len(P.DIST_LABELS))
-    for b, m in zip(P.DIST_LABELS, means):
-        out[f"{tier}.js.{b}"] = rel(m, floor["js"], EPS["js"])
-    for b, f in zip(P.DIST_LABELS, frac):
-        out[f"{tier}.frac.{b}"] = float(f)
+    out.update(P.js_profiles(tier, q["js"], len(obs.prompt_ids), probe, floor["js"],
+                             lambda m, f: rel(m, f, EPS["js"])))
     return out
