@@ -8,8 +8,8 @@ byte-level BPE token without ambiguity; the token string is the fallback.
 from __future__ import annotations
 
 from kvfp.fingerprint.readers.fields import Line, as_dict, as_int, as_list, as_logprob, as_str, req
-from kvfp.fingerprint.readers.openai_completions import response_meta
-from kvfp.fingerprint.readers.prompt import read_kvfp_block, read_vllm_prompt_logprobs
+from kvfp.fingerprint.readers.openai_completions import block_and_choices, response_meta
+from kvfp.fingerprint.readers.prompt import read_vllm_prompt_logprobs
 from kvfp.fingerprint.readers.raw import RawChoice
 from kvfp.fingerprint.readers.tokens import Mapper, TokenTable
 
@@ -18,10 +18,7 @@ NAME = "openai-chat"
 
 def read(rec: dict, line: Line, table: TokenTable) -> list[RawChoice]:
     """One :class:`RawChoice` per element of ``choices``; ``prompt_logprobs`` is shared by all."""
-    block = read_kvfp_block(line, rec, table.size)
-    choices = as_list(line, req(line, rec, "choices", "choices"), "choices")
-    if not choices:
-        raise line.error("choices", "is empty")
+    block, choices = block_and_choices(rec, line, table)
     prompt_lp = None
     if rec.get("prompt_logprobs") is not None:
         prompt_lp = ("vllm", read_vllm_prompt_logprobs(line, rec["prompt_logprobs"], "prompt_logprobs"),

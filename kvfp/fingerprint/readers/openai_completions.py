@@ -15,12 +15,18 @@ from kvfp.fingerprint.readers.tokens import Mapper, TokenTable
 NAME = "openai-completions"
 
 
-def read(rec: dict, line: Line, table: TokenTable) -> list[RawChoice]:
-    """One :class:`RawChoice` per element of ``choices``."""
+def block_and_choices(rec: dict, line: Line, table: TokenTable) -> tuple[dict, list]:
+    """The line's checked ``kvfp`` object and its non-empty ``choices`` list (both OpenAI shapes)."""
     block = read_kvfp_block(line, rec, table.size)
     choices = as_list(line, req(line, rec, "choices", "choices"), "choices")
     if not choices:
         raise line.error("choices", "is empty")
+    return block, choices
+
+
+def read(rec: dict, line: Line, table: TokenTable) -> list[RawChoice]:
+    """One :class:`RawChoice` per element of ``choices``."""
+    block, choices = block_and_choices(rec, line, table)
     return [_choice(rec, as_dict(line, ch, f"choices[{c}]"), c, len(choices), line, table, block)
             for c, ch in enumerate(choices)]
 
