@@ -11,26 +11,13 @@ from pathlib import Path
 
 import pytest
 import typer
-from transformers import AutoTokenizer
 from typer.testing import CliRunner
 
 from kvfp.cli.errors import user_errors
 from kvfp.errors import KvfpError
 from kvfp.fingerprint.readers import load_observations, read_log
-from kvfp.models.loading import PACKAGED
-from kvfp.probes import read_suite
 
 SAMPLES = Path(__file__).parent / "samples"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return AutoTokenizer.from_pretrained(PACKAGED["kvfp-tiny"])
-
-
-@pytest.fixture(scope="module")
-def suite():
-    return read_suite(SAMPLES / "probes.jsonl")
 
 
 def sample(name: str, n: int = 0) -> dict:

@@ -9,26 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from transformers import AutoTokenizer
 
 from kvfp.errors import KvfpError
 from kvfp.fingerprint.readers import FORMATS, load_observations, read_log
 from kvfp.fingerprint.readers.tokens import token_table
-from kvfp.models.loading import PACKAGED
 from kvfp.probes import read_suite
 
 SAMPLES = Path(__file__).parent / "samples"
 NIHON = "\u65e5"  # 日: three bytes, each a token of its own in kvfp-tiny, each decoding to "\ufffd"
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return AutoTokenizer.from_pretrained(PACKAGED["kvfp-tiny"])
-
-
-@pytest.fixture(scope="module")
-def suite():
-    return read_suite(SAMPLES / "probes.jsonl")
 
 
 def one(tok, s: str) -> int:

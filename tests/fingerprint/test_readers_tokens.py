@@ -3,18 +3,11 @@ an ambiguous string stands for. Expectations come from the tokenizer at test tim
 
 import pytest
 from tokenizers import pre_tokenizers
-from transformers import AutoTokenizer
 
 from kvfp.errors import KvfpError
 from kvfp.fingerprint.readers.fields import Line
 from kvfp.fingerprint.readers.resolve import resolve_chosen
 from kvfp.fingerprint.readers.tokens import Mapper, bytes_to_unicode, token_table
-from kvfp.models.loading import PACKAGED
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return AutoTokenizer.from_pretrained(PACKAGED["kvfp-tiny"])
 
 
 @pytest.fixture(scope="module")
