@@ -22,8 +22,10 @@ def main(name: str = "kvfp-tiny") -> None:
     sinks = " ".join(f"{m:.3f}" for m in c.sink_mass_per_layer)
     print(f"(c) attention mass on position 0 from queries >= 256, per layer: {sinks} "
           f"(min after layer 0: {min(c.sink_mass_per_layer[1:]):.3f}, target >= 0.2)")
-    print(f"(d) loss over positions 256-1024 {c.loss_256_1024:.4f}, 1024-2048 {c.loss_1024_2048:.4f} "
-          f"(target: second <= first)")
+    print(f"(d) within {c.n_documents} held-out documents, loss over positions 256-1024 {c.loss_256_1024:.4f}, "
+          f"1024-2048 {c.loss_1024_2048:.4f} (target: second <= first)")
+    print(f"    over windows of the joined held-out stream (files cut mid-window): 256-1024 "
+          f"{c.stream_loss_256_1024:.4f}, 1024-2048 {c.stream_loss_1024_2048:.4f}")
 
 
 if __name__ == "__main__":
