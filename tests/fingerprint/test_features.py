@@ -170,3 +170,28 @@ def test_reference_refuses_bad_settings(tiny_eager):
     bf16 = copy.deepcopy(model).to(dtype=__import__("torch").bfloat16)
     with pytest.raises(KvfpError, match="float32"):
         ReferenceRunner(bf16, [], cache_dir=None)
+
+
+@pytest.fixture(scope="module")
+def served_bf16(tiny_eager, observed):
+    """``none`` and ``int4-pertoken`` served by the model cast to bf16 (sdpa): not kvfp's numerics."""
+    import torch
+
+    model, _ = tiny_eager
+    bf16 = copy.deepcopy(model).to(dtype=torch.bfloat16)
+    bf16.set_attn_implementation("sdpa")
+    p = list(observed["none"].prompt_ids)
+    return {name: from_trace(generate(bf16, parse_scheme(name), [p], NEW, logits=True)[0])
+            for name in ("none", "int4-pertoken")}
+
+
+@pytest.mark.parametrize("tier", ["logits", "topk-20"])
+def test_gain_names_the_served_scheme_through_bf16_noise(served_bf16, runner, tier):
+    f = named(tier, served_bf16["int4-pertoken"], runner.reference(served_bf16["int4-pertoken"]))
+    gains = {c: f[f"cand.{tier}.gain[{c}]"] for c in CANDS}
+    assert abs(gains["none"]) < 1e-9  # none adds nothing to the noise: the baseline itself
+    assert max(gains, key=gains.get) == "int4-pertoken" and gains["int4-pertoken"] > 0.5, gains
+    assert 0.0 < f[f"cand.{tier}.expl[int4-pertoken]"] <= 1.0
+    # an uncompressed bf16 endpoint: subtracting int4's departure makes the residual worse
+    g = named(tier, served_bf16["none"], runner.reference(served_bf16["none"]))
+    assert g[f"cand.{tier}.gain[int4-pertoken]"] < 0.0

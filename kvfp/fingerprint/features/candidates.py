@@ -19,13 +19,15 @@ candidate and tier:
   candidate vs reference (``llr``).
 
 Per tier, also the smallest ``fit`` and the gap to the second smallest: how clearly one candidate
-explains the observation (what the open-set test leans on).
+explains the observation (what the open-set test leans on). Tiers with scores add, per candidate,
+the noise-aware ``gain`` and ``expl`` of :mod:`kvfp.fingerprint.features.explain`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from kvfp.fingerprint.features import explain
 from kvfp.fingerprint.features.common import EPS, centred, corr, js, logsoftmax, rel, safe_mean
 from kvfp.fingerprint.features.prompt import as_array
 from kvfp.fingerprint.features.tokens import margins
@@ -43,7 +45,8 @@ def _family(tier: str) -> str:
 def names(tier: str, candidates: list[str]) -> list[str]:
     second = SECOND[_family(tier)]
     out = [f"cand.{tier}.fit[{c}]" for c in candidates] + [f"cand.{tier}.{second}[{c}]" for c in candidates]
-    return out + [f"cand.{tier}.fitmin", f"cand.{tier}.fitgap"]
+    out += [f"cand.{tier}.fitmin", f"cand.{tier}.fitgap"]
+    return out + (explain.names(tier, candidates) if _family(tier) in explain.TIERS_WITH_SCORES else [])
 
 
 def _scores(obs, ref, noise_obs, tier: str) -> tuple[dict[str, float], dict[str, float]]:
@@ -123,4 +126,6 @@ def compute(obs, ref, noise_obs, tier: str) -> dict[str, float]:
     vals = np.sort(np.array(list(fit.values()), dtype=np.float64))
     out[f"cand.{tier}.fitmin"] = float(vals[0]) if len(vals) else 0.0
     out[f"cand.{tier}.fitgap"] = float(vals[1] - vals[0]) if len(vals) > 1 else 0.0
+    if _family(tier) in explain.TIERS_WITH_SCORES:
+        out.update(explain.compute(obs, ref, tier))
     return out

@@ -30,7 +30,7 @@ from kvfp.fingerprint.features import topk as TOPK
 from kvfp.fingerprint.observation import TIERS, Observation
 
 # Bump when any feature's definition changes: a saved classifier records it and refuses other versions.
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2
 
 
 def _check_tier(tier: str) -> None:
