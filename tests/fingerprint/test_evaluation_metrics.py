@@ -117,3 +117,26 @@ def test_targets_are_checked_per_tier():
                  "logits") is False
     out = with_targets({"tiers": {"logits": fig}})["targets"]["logits"]
     assert out["scheme_accuracy"] == {"target": ">= 0.99", "met": False} and out["false_alarm_rate"]["met"]
+
+
+def test_lookalikes_are_candidates_with_the_true_schemes_replay():
+    from types import SimpleNamespace
+
+    from kvfp.fingerprint.evaluation import lookalike
+    from kvfp.fingerprint.reference import Replay
+
+    base = np.arange(12, dtype=np.float32).reshape(3, 4)
+    prompt = np.array([np.nan, -1.0, -2.0], dtype=np.float32)
+    same, moved = Replay(base.copy(), prompt.copy()), Replay(base + 1e-3, prompt.copy())
+    ref = SimpleNamespace(candidates={"a": Replay(base, prompt), "b": same, "c": moved})
+
+    class Runner:
+        def references(self, observations):
+            return [ref for _ in observations]
+
+    alike = lookalike.lookalikes([0, 1, 2], ["a", "c", "x"], Runner())
+    assert alike == [{"a", "b"}, {"c"}, {"x"}]  # x is no candidate: only itself
+    assert lookalike.accuracy(["b", "b", "x"], alike) == pytest.approx(2 / 3)
+    # prompt log-probabilities count too: equal logits with another prompt score are not alike
+    other_prompt = Replay(base.copy(), prompt + 0.5)
+    assert not lookalike.same_replay(ref.candidates["a"], other_prompt)

@@ -12,7 +12,7 @@ import numpy as np
 
 from kvfp.fingerprint.estimators import Fingerprinter
 from kvfp.fingerprint.estimators.openset import OpenSetDetector
-from kvfp.fingerprint.evaluation import metrics
+from kvfp.fingerprint.evaluation import lookalike, metrics
 
 
 def true_algorithm(label: str) -> str:
@@ -22,7 +22,8 @@ def true_algorithm(label: str) -> str:
     return str(parse_scheme(label).gene.to_dict()["algorithm"])
 
 
-def closed_set(fp: Fingerprinter, X: np.ndarray, y: Sequence[str], null_label: str = "none") -> dict:
+def closed_set(fp: Fingerprinter, X: np.ndarray, y: Sequence[str], null_label: str = "none",
+               alike: Sequence[set] | None = None) -> dict:
     """Scheme accuracy (argmax of the calibrated probabilities), gene-algorithm accuracy, macro-F1
     and the false-alarm rate (test ``null_label`` rows the verdict calls compressed); also the
     verdict's own accuracy (its false-alarm threshold and ``unknown`` answers count).
@@ -31,6 +32,8 @@ def closed_set(fp: Fingerprinter, X: np.ndarray, y: Sequence[str], null_label: s
     ----------
     X : ``(n, d)`` test features of the tier ``fp`` was fitted on
     y : ``(n,)`` true scheme names
+    alike : per row, the schemes indistinguishable from the true one on it
+        (:mod:`~kvfp.fingerprint.evaluation.lookalike`); adds ``scheme_accuracy_lookalike``
     """
     y = [str(v) for v in y]
     P = fp.predict_proba(X)  # (n, K)
@@ -43,7 +46,9 @@ def closed_set(fp: Fingerprinter, X: np.ndarray, y: Sequence[str], null_label: s
     return {"scheme_accuracy": metrics.accuracy(y, pred), "gene_accuracy": gene_acc,
             "macro_f1": metrics.macro_f1(y, pred), "false_alarm_rate": metrics.rate(null),
             "false_alarms": int(sum(null)), "null_observations": len(null),
-            "verdict_accuracy": metrics.accuracy(y, [str(i.verdict) for i in ids])}
+            "verdict_accuracy": metrics.accuracy(y, [str(i.verdict) for i in ids]),
+            **({"scheme_accuracy_lookalike": lookalike.accuracy(pred, alike),
+                "lookalike_observations": int(sum(len(s) > 1 for s in alike))} if alike is not None else {})}
 
 
 def candidate_columns(names: Sequence[str], scheme: str) -> np.ndarray:

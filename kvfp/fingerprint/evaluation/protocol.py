@@ -16,7 +16,9 @@ Protocol
   candidate schemes (default: the 12 of :data:`~kvfp.fingerprint.training.DEFAULT_CANDIDATES`;
   ``all``: the 37 of the catalogue); one :class:`~kvfp.fingerprint.estimators.Fingerprinter`
   per tier fitted on the train side, grouped by probe.
-* Figures per tier, on the test side: top-1 scheme accuracy (closed set), algorithm-gene
+* Figures per tier, on the test side: top-1 scheme accuracy (closed set; also counting a
+  prediction right when its replay equals the true scheme's on that observation, see
+  :mod:`~kvfp.fingerprint.evaluation.lookalike`), algorithm-gene
   accuracy, macro-F1, the false-alarm rate of uncompressed (``none``) test observations,
   leave-one-scheme-out open-set AUROC (the held-out scheme's training rows *and* the feature
   columns simulating it removed; novelty of its test rows against the other schemes' test rows),
@@ -308,6 +310,7 @@ def run(protocol: Protocol, work: Path | str, *, log=lambda msg: None) -> dict:
 def _train_and_measure(protocol: Protocol, model, tok, runner, train, test, tiers: list[str], held: list[str],
                         result: dict, log) -> None:
     """Features of both sides, one fingerprinter per tier, and every tier's figures into ``result``."""
+    from kvfp.fingerprint.evaluation import lookalike
     from kvfp.fingerprint.features.extract import feature_matrix
     from kvfp.fingerprint.training import fit_fingerprinter
 
@@ -320,6 +323,8 @@ def _train_and_measure(protocol: Protocol, model, tok, runner, train, test, tier
     t0 = time.perf_counter()
     log(f"test features: {len(test)} observations")
     X_test = feature_matrix(test.observations, runner, tiers, test.probes)
+    alike = lookalike.lookalikes(test.observations, test.labels, runner)  # cached replays: no model run
+    result["counts"]["lookalike_observations"] = int(sum(len(s) > 1 for s in alike))
     seconds["test_features"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -332,7 +337,7 @@ def _train_and_measure(protocol: Protocol, model, tok, runner, train, test, tier
         log(f"figures at {tier}")
         result["tiers"][tier] = tier_figures(trained.tiers[tier], trained.feature_names[tier], X_train[tier],
                                              train, X_test[tier], test, held, protocol, tier,
-                                             short.get(tier), pair_obs)
+                                             short.get(tier), pair_obs, alike)
     seconds["figures"] = time.perf_counter() - t0
 
 
@@ -402,11 +407,11 @@ def scored_tokens(obs, tier: str, t: int) -> int:
 
 
 def tier_figures(fp, names, X_train, train, X_test, test, held, protocol: Protocol, tier: str, short: dict | None,
-                 pair_obs: dict | None) -> dict:
+                 pair_obs: dict | None, alike=None) -> dict:
     """Every figure of one tier (see :mod:`kvfp.fingerprint.evaluation.figures`)."""
     from kvfp.fingerprint.evaluation import figures, metrics
 
-    out = figures.closed_set(fp, X_test, test.labels)
+    out = figures.closed_set(fp, X_test, test.labels, alike=alike)
     out["n_features"] = int(X_train.shape[1])
     osr = figures.open_set(fp.get_params(), X_train, train.labels, train.groups, X_test, test.labels, names, held)
     out["open_set_auroc"], out["open_set_auroc_per_scheme"] = osr["auroc"], osr["per_scheme"]

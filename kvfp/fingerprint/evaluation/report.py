@@ -16,7 +16,8 @@ TARGETS = {
     "false_alarm_rate": {"*": ("<=", 0.01)},
     "tokens_to_separate": {"*": ("<=", 1000)},
 }
-COLUMNS = (("scheme_accuracy", "scheme acc"), ("gene_accuracy", "algorithm acc"), ("macro_f1", "macro-F1"),
+COLUMNS = (("scheme_accuracy", "scheme acc"), ("scheme_accuracy_lookalike", "… look-alikes merged"),
+           ("gene_accuracy", "algorithm acc"), ("macro_f1", "macro-F1"),
            ("open_set_auroc", "open-set AUROC"), ("false_alarm_rate", "false alarms"),
            ("tokens_to_separate", "tokens {a} vs {b}"))
 
@@ -95,8 +96,9 @@ def table(result: dict) -> Table:
               title=f"kvfp evaluate — {result['model']} ({p['mode']}): {c['train_observations']} train / "
                     f"{c['test_observations']} test observations, {c['schemes']} schemes, "
                     f"{c['candidates']} candidates",
-              caption=f"train: {p['train']}; test: {p['test']}. Open set: mean over {len(p['held_out'])} "
-                      f"held-out schemes. {_timing(result['seconds'])}")
+              caption=f"train: {p['train']}; test: {p['test']}. Look-alikes: {c.get('lookalike_observations', 0)} "
+                      f"test observations on which another candidate's replay equals the true scheme's. "
+                      f"Open set: mean over {len(p['held_out'])} held-out schemes. {_timing(result['seconds'])}")
     for tier, fig in result["tiers"].items():
         t.add_row(tier, *(cell(figure, fig, tier) for figure, _ in COLUMNS))
     return t
