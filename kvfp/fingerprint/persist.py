@@ -102,7 +102,7 @@ class TrainedFingerprinter:
             if Xt.shape[1] != len(names):
                 raise KvfpError(f"tier {tier}: {Xt.shape[1]} feature columns but {len(names)} feature names for "
                                 f"{len(cands)} candidate schemes; were the features built with another candidate list?")
-            out.tiers[tier] = Fingerprinter(**params).fit(Xt, y, groups)
+            out.tiers[tier] = Fingerprinter(**{"feature_names": names, **params}).fit(Xt, y, groups)
             out.feature_names[tier] = names
         return out
 

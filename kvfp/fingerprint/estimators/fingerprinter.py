@@ -117,6 +117,8 @@ class Fingerprinter(ClassifierMixin, BaseEstimator):
         (:func:`kvfp.compressors.parse_scheme`). Gene heads are trained only when every label has
         a gene; otherwise ``gene_heads_`` is ``None`` and identifications carry no gene
     max_iter, random_state : as :class:`SchemeClassifier`
+    feature_names : names of the feature columns, passed to :class:`SchemeClassifier` (its
+        candidate features then share weights across classes); ``None``: a plain model
 
     Attributes
     ----------
@@ -136,7 +138,7 @@ class Fingerprinter(ClassifierMixin, BaseEstimator):
     _state_children = ("scheme_", "open_set_", "gene_heads_")
 
     def __init__(self, C=1.0, cv=5, target_false_reject=0.01, shrinkage=0.5, null_label="none",
-                 target_false_alarm=0.01, genes=None, max_iter=2000, random_state=0):
+                 target_false_alarm=0.01, genes=None, max_iter=2000, random_state=0, feature_names=None):
         self.C = C
         self.cv = cv
         self.target_false_reject = target_false_reject
@@ -146,6 +148,7 @@ class Fingerprinter(ClassifierMixin, BaseEstimator):
         self.genes = genes
         self.max_iter = max_iter
         self.random_state = random_state
+        self.feature_names = feature_names
 
     def fit(self, X, y, groups=None):
         """Fit on ``(n, d)`` features and scheme labels. ``groups`` (e.g. the probe of each sample)
@@ -155,8 +158,8 @@ class Fingerprinter(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         if not 0.0 <= self.target_false_alarm < 1.0:
             raise ValueError(f"target_false_alarm must be in [0, 1), got {self.target_false_alarm!r}")
-        self.scheme_ = SchemeClassifier(C=self.C, cv=self.cv, max_iter=self.max_iter,
-                                        random_state=self.random_state).fit(X, y, groups)
+        self.scheme_ = SchemeClassifier(C=self.C, cv=self.cv, max_iter=self.max_iter, random_state=self.random_state,
+                                        feature_names=self.feature_names).fit(X, y, groups)
         self.classes_, self.n_iter_ = self.scheme_.classes_, self.scheme_.n_iter_
         self.null_threshold_ = self._null_threshold(X, y)
         self.open_set_ = OpenSetDetector(target_false_reject=self.target_false_reject, shrinkage=self.shrinkage,

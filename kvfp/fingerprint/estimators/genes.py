@@ -107,8 +107,11 @@ class GeneHeads(BaseEstimator):
         self.coef_[name], self.intercept_[name] = c, b
         t = 1.0
         if len(labels) > 1:
-            oof = linear.out_of_fold_logits(Xs, yi, len(labels), self.C, self.max_iter, self.cv, self.random_state,
-                                            groups)
+            K = len(labels)
+            oof = linear.out_of_fold_logits(
+                Xs, yi, K, self.cv, self.random_state, groups,
+                fit=lambda Xa, ya: linear.fit_logistic(Xa, ya, K, self.C, self.max_iter, self.random_state)[:2],
+                predict=lambda Xb, w: Xb @ w[0].T + w[1])
             t = linear.fit_temperature(oof, yi) if oof is not None else 1.0
         self.temperature_[name] = t
 

@@ -93,17 +93,17 @@ def folds(yi: np.ndarray, cv: int, seed: int = 0, groups=None) -> list[tuple[np.
     return list(StratifiedKFold(n_splits=k, shuffle=True, random_state=seed).split(yi, yi))
 
 
-def out_of_fold_logits(Xs: np.ndarray, yi: np.ndarray, n_classes: int, C: float, max_iter: int,
-                       cv: int, seed: int = 0, groups=None) -> np.ndarray | None:
+def out_of_fold_logits(Xs: np.ndarray, yi: np.ndarray, n_classes: int, cv: int, seed: int = 0, groups=None, *,
+                       fit, predict) -> np.ndarray | None:
     """Logits ``(n, K)`` of each sample from a model that did not see it (see :func:`folds`), or
-    ``None`` when nothing can be held out."""
+    ``None`` when nothing can be held out. ``fit(Xs, yi)`` returns a model's arrays and
+    ``predict(Xs, arrays)`` its logits."""
     split = folds(yi, cv, seed, groups)
     if split is None:
         return None
     out = np.zeros((len(yi), n_classes))
     for tr, te in split:
-        coef, icpt, _ = fit_logistic(Xs[tr], yi[tr], n_classes, C, max_iter, seed)
-        out[te] = Xs[te] @ coef.T + icpt
+        out[te] = predict(Xs[te], fit(Xs[tr], yi[tr]))
     return out
 
 
