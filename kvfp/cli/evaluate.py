@@ -21,8 +21,8 @@ def evaluate(
                                                                    "rerun of the same configuration. Default: "
                                                                    "runs/evaluate-<model>-<quick|full>.")] = None,
     candidates: Annotated[str, typer.Option("--candidates", help="Schemes simulated per observation: default "
-                                                                 "(12), all (the 37 of the catalogue) or "
-                                                                 "comma-separated names.")] = "default",
+                                                                 "(every evaluated scheme), all (the catalogue) "
+                                                                 "or comma-separated names.")] = "default",
     as_json: JsonOpt = False,
 ) -> None:
     """Benchmark the fingerprinter: train and test on disjoint probes, test served with nuisance.

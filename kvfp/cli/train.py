@@ -20,8 +20,8 @@ def train(
     tier: Annotated[list[str] | None, typer.Option("--tier", "-t", help="Tier to train; repeat. Default: every "
                                                                         "tier the data supports.")] = None,
     candidates: Annotated[str | None, typer.Option(help="Comma-separated schemes simulated per observation, "
-                                                        "or 'all' (the catalogue; slow). Default: 12 "
-                                                        "representatives.")] = None,
+                                                        "or 'all' (the catalogue). Default: every scheme "
+                                                        "the data labels.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a fingerprinter on collected datasets.

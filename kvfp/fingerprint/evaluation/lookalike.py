@@ -6,8 +6,8 @@ Their outputs are then identical, so no classifier, however good, can tell them 
 probe, and strict scheme accuracy counts a coin flip between them as half wrong. ``kvfp evaluate``
 therefore reports, beside strict accuracy, the accuracy that counts a prediction right when the
 predicted scheme's replay of the observation's tokens equals the true scheme's (both replayed
-by kvfp at the reference settings). It is known only for schemes that are candidates: with the
-default 12 candidates most schemes are only their own look-alike.
+by kvfp at the reference settings). It is known only for schemes that are candidates (by default
+every evaluated scheme is); a scheme that is not one is only its own look-alike.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ Protocol
 * Collection keeps full logits, top-20 log-probabilities and prompt log-probabilities;
   ``--quick`` generates 16 tokens per probe, the full protocol 32.
 * Features at every tier the data supports (logits, topk-20, topk-5, prompt, tokens) against the
-  candidate schemes (default: the 12 of :data:`~kvfp.fingerprint.training.DEFAULT_CANDIDATES`;
-  ``all``: the 37 of the catalogue); one :class:`~kvfp.fingerprint.estimators.Fingerprinter`
+  candidate schemes (default: every evaluated scheme, so each class has its own replay; ``all``:
+  the catalogue; or names); one :class:`~kvfp.fingerprint.estimators.Fingerprinter`
   per tier fitted on the train side, grouped by probe.
 * Figures per tier, on the test side: top-1 scheme accuracy (closed set; also counting a
   prediction right when its replay equals the true scheme's on that observation, see
@@ -43,7 +43,6 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from kvfp.errors import KvfpError
-from kvfp.fingerprint.training import DEFAULT_CANDIDATES
 
 REFERENCE_SERVING = {"dtype": "float32", "attn": "eager", "batch_size": 1}
 NUISANCE_SERVING = {"dtype": "bfloat16", "attn": "sdpa", "batch_size": 4}
@@ -68,7 +67,8 @@ class Protocol:
     train_probes, test_probes : a suite name (generated with ``train_seed`` / ``test_seed``) or a
         suite file
     schemes : schemes served on both sides (``all``: the canonical catalogue)
-    candidates : schemes simulated per observation (``("all",)``: the catalogue)
+    candidates : schemes simulated per observation (``("default",)``: the evaluated schemes;
+        ``("all",)``: the catalogue)
     held_out : schemes held out in turn for the open-set AUROC (``None``: every compressed scheme)
     pair : the schemes the tokens-needed figure tells apart
     steps : observation lengths ``t`` tried for that figure (``None``: 1, 2, 4, … up to new_tokens)
@@ -85,7 +85,7 @@ class Protocol:
     schemes: tuple[str, ...] = ("all",)
     new_tokens: int = 32
     topk: int = 20
-    candidates: tuple[str, ...] = DEFAULT_CANDIDATES
+    candidates: tuple[str, ...] = ("default",)
     held_out: tuple[str, ...] | None = None
     pair: tuple[str, str] = ("fp8-e4m3", "none")
     steps: tuple[int, ...] | None = None
@@ -113,15 +113,15 @@ class Protocol:
         return out + [self.new_tokens]
 
 
-def parse_candidates(value) -> tuple[str, ...]:
-    """``None``/``"default"`` → :data:`DEFAULT_CANDIDATES`; ``"all"`` → the catalogue; else names
-    (a tuple, or one comma-separated string)."""
+def parse_candidates(value, schemes=None) -> tuple[str, ...]:
+    """``None``/``"default"`` → ``schemes`` (the evaluated schemes; ``("default",)`` while they are
+    not known yet); ``"all"`` → the catalogue; else names (a tuple, or one comma-separated string)."""
     from kvfp.compressors import canonical_names, parse_scheme
 
-    if value is None or value == "default":
-        return tuple(DEFAULT_CANDIDATES)
-    names = [n.strip() for n in value.split(",")] if isinstance(value, str) else list(value)
+    names = [n.strip() for n in value.split(",")] if isinstance(value, str) else list(value or ["default"])
     names = [n for n in names if n]
+    if names == ["default"]:
+        return tuple(schemes) if schemes is not None else ("default",)
     if names == ["all"]:
         return tuple(canonical_names())
     if not names:
@@ -224,7 +224,7 @@ def _check_names(protocol: Protocol) -> tuple[list[str], list[str], list[str]]:
     schemes = [s.name for s in expand_schemes(protocol.schemes)]
     if "none" not in schemes:
         raise KvfpError("the evaluated schemes must include none (false alarms are measured on it)", exit_code=2)
-    candidates = list(parse_candidates(protocol.candidates))
+    candidates = list(parse_candidates(protocol.candidates, schemes))
     if protocol.held_out is None:
         held = [s for s in schemes if s != "none"]
     else:
