@@ -66,6 +66,8 @@ def _print(r) -> None:
     else:
         verdict = f"compressed: {p['verdict']}"
     con.print(f"verdict: [bold]{verdict}[/]  (open-set novelty {p['novelty']:.3g}, threshold {p['threshold']:.3g})")
+    if r.indistinguishable:
+        con.print(f"indistinguishable on these probes (identical outputs): {', '.join(r.indistinguishable)}")
     t = Table(title="schemes (calibrated, closed set)")
     t.add_column("scheme")
     t.add_column("probability", justify="right")

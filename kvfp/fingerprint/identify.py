@@ -14,7 +14,9 @@ class Report:
     """The verdict on a log, with its evidence.
 
     ``pooled`` combines every observation of the log (one endpoint answering several probes);
-    ``per_observation`` are the single-probe identifications, in log order.
+    ``per_observation`` are the single-probe identifications, in log order. ``indistinguishable``
+    are the candidates whose replays equal the verdict's on every response of the log: the log
+    cannot tell them from the verdict, whatever the classifier says.
     """
 
     log: str
@@ -26,6 +28,7 @@ class Report:
     evidence: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     classifier: dict = field(default_factory=dict)
+    indistinguishable: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -86,6 +89,10 @@ def identify_log(log: Path | str, model_name: str, classifier: Path | str, *, ti
     singles = trained.identify(X, chosen, top=top)
     refs = list(runner.references(observations))  # from the replay cache just filled
     evidence = profile(observations, refs, chosen)
+    alike = _indistinguishable(str(pooled.verdict), refs)
+    if alike:
+        notes.append(f"on these probes {', '.join(alike)} give exactly the outputs of {pooled.verdict}: "
+                     "no classifier can tell them apart from this log (longer or other probes can)")
     return Report(
         log=str(log), tier=chosen, n_observations=len(observations),
         scored_tokens=sum(o.steps for o in observations),
@@ -95,4 +102,15 @@ def identify_log(log: Path | str, model_name: str, classifier: Path | str, *, ti
         evidence=evidence.to_dict(), notes=notes,
         classifier={"path": str(classifier), "model_id": trained.manifest.get("model_id"),
                     "tiers": list(trained.tiers), "candidates": trained.candidates},
+        indistinguishable=alike,
     )
+
+
+def _indistinguishable(verdict: str, refs) -> list[str]:
+    """Candidates whose replay equals ``verdict``'s on every reference (none when it is no candidate)."""
+    from kvfp.fingerprint.evaluation.lookalike import same_replay
+
+    if not refs or any(verdict not in r.candidates for r in refs):
+        return []
+    return [c for c in refs[0].candidates
+            if c != verdict and all(same_replay(r.candidates[verdict], r.candidates[c]) for r in refs)]
