@@ -153,3 +153,19 @@ def test_fingerprinter_without_scheme_names_has_no_gene_heads():
     fp = Fingerprinter().fit(X, y)
     assert fp.gene_heads_ is None
     assert fp.identify(X[:1])[0].gene is None
+
+
+def test_a_known_schemes_gene_is_the_posterior_marginal_an_unknowns_the_heads():
+    names = np.array(["none", "int4-pertoken", "int2-pertoken", "window-64"])
+    X, y = blobs(60, 2 * CENTERS, 1.0, seed=13)  # overlapping classes: the midpoints are typical
+    fp = Fingerprinter(C=10.0).fit(X, names[y])
+    # halfway between int4 and int2: the posterior splits between two quantizers
+    mid = fp.identify((CENTERS[1] + CENTERS[2])[None])[0]
+    assert not mid.unknown and mid.gene_source == "scheme posterior"
+    P = dict(fp.identify((CENTERS[1] + CENTERS[2])[None], top=4)[0].schemes)
+    assert P["int4-pertoken"] > 0.05 and P["int2-pertoken"] > 0.05
+    want = P["int4-pertoken"] + P["int2-pertoken"]
+    assert mid.gene_proba["algorithm"]["quantization"] == pytest.approx(want, abs=1e-9)
+    assert mid.gene["algorithm"] == "quantization"
+    far = fp.identify(np.array([[-12.0, 12.0, 12.0, 12.0]]))[0]
+    assert far.unknown and far.gene_source == "gene heads"
