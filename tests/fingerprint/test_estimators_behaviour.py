@@ -169,3 +169,13 @@ def test_a_known_schemes_gene_is_the_posterior_marginal_an_unknowns_the_heads():
     assert mid.gene["algorithm"] == "quantization"
     far = fp.identify(np.array([[-12.0, 12.0, 12.0, 12.0]]))[0]
     assert far.unknown and far.gene_source == "gene heads"
+
+
+def test_parameter_estimates_stay_within_what_training_saw():
+    X, Y = gene_data(20)
+    heads = GeneHeads(heads=[("algorithm", "class"), ("log2_bits", "reg")]).fit(X, Y[:, [0, 2]])
+    far = np.zeros((1, X.shape[1]))
+    far[0, 0], far[0, 3] = -5.0, 1e6  # a quantizer, with the bits feature far beyond training
+    got = heads.describe(far)[0]["log2_bits"]
+    lo, hi = heads.range_["log2_bits"]
+    assert got["value"] == hi  # clipped, where the linear head alone says about 1e6

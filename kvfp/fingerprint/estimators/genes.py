@@ -47,11 +47,15 @@ class GeneHeads(BaseEstimator):
         for ``set`` heads (one binary logit per element), ``(1, d)``/``(1,)`` for ``reg`` heads and
         ``(1, d)``/``(1,)`` under ``"name?"`` for their "applies" logit
     temperature_ : ``{name: T}`` of ``class`` heads
+    range_ : ``{name: [lo, hi]}`` of ``reg`` heads: the span of the targets seen in training,
+        widened by half of it on each side. Estimates are clipped to it: a linear head
+        extrapolates without bound on samples unlike its training set (an estimate of 2^1024
+        bits overflowed), while a scheme just outside the trained values should still be told
     """
 
     _state_arrays = ("mean_", "scale_")
     _state_array_dicts = ("coef_", "intercept_")
-    _state_json = ("heads_", "labels_", "temperature_", "n_features_in_", "feature_names_in_")
+    _state_json = ("heads_", "labels_", "temperature_", "range_", "n_features_in_", "feature_names_in_")
     _state_children = ()
 
     def __init__(self, heads=None, C=1.0, alpha=1.0, cv=5, max_iter=2000, random_state=0):
@@ -89,7 +93,7 @@ class GeneHeads(BaseEstimator):
         self.heads_ = heads
         self.mean_, self.scale_ = linear.fit_scaler(X)
         Xs = (X - self.mean_) / self.scale_
-        self.labels_, self.coef_, self.intercept_, self.temperature_ = {}, {}, {}, {}
+        self.labels_, self.coef_, self.intercept_, self.temperature_, self.range_ = {}, {}, {}, {}, {}
         for j, (name, kind) in enumerate(heads):
             col = Y[:, j]
             if kind == "class":
@@ -139,6 +143,8 @@ class GeneHeads(BaseEstimator):
         else:  # no spread to learn from: the one value seen (or 0 when none applies)
             w, b = np.zeros(Xs.shape[1]), float(col[has][0]) if has.any() else 0.0
         self.coef_[name], self.intercept_[name] = w[None, :], np.array([b])
+        lo, hi = (float(col[has].min()), float(col[has].max())) if has.any() else (b, b)
+        self.range_[name] = [lo - (hi - lo) / 2, hi + (hi - lo) / 2]
 
     # -- prediction ---------------------------------------------------------------------------
 
@@ -163,7 +169,8 @@ class GeneHeads(BaseEstimator):
             elif kind == "set":
                 out[name] = {"proba": _sigmoid(self._logit(name, Xs))}
             else:
-                out[name] = {"value": self._logit(name, Xs)[:, 0],
+                lo, hi = self.range_[name]
+                out[name] = {"value": np.clip(self._logit(name, Xs)[:, 0], lo, hi),
                              "applies": _sigmoid(self._logit(name + "?", Xs))[:, 0]}
         return out
 
