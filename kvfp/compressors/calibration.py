@@ -19,7 +19,7 @@ from transformers import DynamicCache
 
 from kvfp.compressors.rope import rope_cos_sin, undo_rope
 
-CALIBRATION_VERSION = 1
+CALIBRATION_VERSION = 2  # 2: K/V always captured with eager attention
 CALIB_WINDOWS, CALIB_LEN = 4, 1024
 
 _memory: dict[tuple, object] = {}
@@ -61,14 +61,26 @@ def calibration_windows(model, tokenizer=None) -> list[list[int]]:
 @torch.no_grad()
 def capture_kv(model, tokenizer=None) -> list[dict[str, torch.Tensor]]:
     """Per layer: ``k_pre``, ``k`` (post-RoPE) and ``v``, each ``(N, Hkv, T, D)`` float32 on CPU,
-    over ``CALIB_WINDOWS`` BOS-prefixed windows of ``CALIB_LEN`` calibration tokens."""
+    over ``CALIB_WINDOWS`` BOS-prefixed windows of ``CALIB_LEN`` calibration tokens.
+
+    The forward pass always uses eager attention: the calibration cache is keyed by the weights,
+    and sdpa's K/V differ from eager's in the last bits after the first layer, so a model loaded
+    with sdpa would otherwise calibrate a scheme slightly differently from the same weights
+    loaded with eager, depending on which filled the cache first."""
     key = ("kv", id(model), model_fingerprint(model))
     if key in _memory:
         return _memory[key]
     x = torch.tensor(calibration_windows(model, tokenizer), device=model.device)
     positions = torch.arange(x.shape[1], device=model.device).expand(x.shape[0], -1)
     cache = DynamicCache(config=model.config)
-    model(input_ids=x, position_ids=positions, cache=cache, use_cache=True)
+    prev = model.config._attn_implementation
+    if prev != "eager":
+        model.set_attn_implementation("eager")
+    try:
+        model(input_ids=x, position_ids=positions, cache=cache, use_cache=True)
+    finally:
+        if prev != "eager":
+            model.set_attn_implementation(prev)
     rotary = model.model.rotary_emb
     out = []
     for layer in cache.layers:

@@ -528,6 +528,14 @@ def test_kmeans_finds_separated_clusters():
 # -- calibrated token-local schemes --------------------------------------------------------------
 
 
+def test_calibration_does_not_depend_on_the_loaded_attention(tiny, tiny_eager):
+    # the calibration cache is keyed by the weights: sdpa and eager loads must capture the same K/V
+    assert tiny[0].config._attn_implementation != tiny_eager[0].config._attn_implementation
+    a, b = capture_kv(tiny[0]), capture_kv(tiny_eager[0])
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in ("k_pre", "k", "v"))
+    assert tiny[0].config._attn_implementation == "sdpa"  # restored after the capture
+
+
 def test_calibrations_match_independent_statistics(tiny):
     model, _ = tiny
     kv = capture_kv(model)
