@@ -70,6 +70,8 @@ def test_every_figure_of_every_tier_is_in_range(evaluated, protocol):
             assert 0.0 <= f[key] <= 1.0, (tier, key, f[key])
         # merging look-alikes can only forgive predictions, never add errors
         assert f["scheme_accuracy"] <= f["scheme_accuracy_lookalike"] <= 1.0
+        assert f["endpoints"] == 4 and 0.0 <= f["endpoint_accuracy"] <= f["endpoint_accuracy_lookalike"] <= 1.0
+        assert len(f["endpoint_misses"]) == round((1 - f["endpoint_accuracy"]) * 4)
         assert f["null_observations"] == 2 and 0 <= f["false_alarms"] <= 2
         assert f["false_alarm_rate"] == f["false_alarms"] / 2
         assert set(f["open_set_auroc_per_scheme"]) == set(SCHEMES) - {"none"}

@@ -140,3 +140,33 @@ def test_lookalikes_are_candidates_with_the_true_schemes_replay():
     # prompt log-probabilities count too: equal logits with another prompt score are not alike
     other_prompt = Replay(base.copy(), prompt + 0.5)
     assert not lookalike.same_replay(ref.candidates["a"], other_prompt)
+
+
+def test_endpoints_pool_each_served_schemes_observations():
+    from kvfp.fingerprint.estimators import Fingerprinter
+    from kvfp.fingerprint.evaluation.figures import endpoints
+
+    rng = np.random.default_rng(0)
+    names = np.array(["none", "int4-pertoken", "window-64"])
+    centers = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    y = np.repeat(np.arange(3), 60)
+    fp = Fingerprinter().fit(centers[y] + 0.6 * rng.standard_normal((180, 2)), names[y])
+    yt = np.repeat(np.arange(3), 15)
+    Xt = centers[yt] + 0.6 * rng.standard_normal((45, 2))
+    single = np.mean(fp.predict(Xt) == names[yt])
+    out = endpoints(fp, Xt, names[yt])
+    # one observation is often wrong at this overlap; fifteen pooled are not
+    assert single < 0.9 and out["endpoint_accuracy"] == 1.0 and out["endpoints"] == 3
+    assert out["endpoint_gene_accuracy"] == 1.0 and out["endpoint_misses"] == []
+    # an endpoint that serves window-64 but answers like int4-pertoken is a miss, forgiven as a
+    # look-alike only when the two are alike on every one of its probes
+    X2 = Xt.copy()
+    X2[yt == 2] = centers[1] + 0.6 * rng.standard_normal(((yt == 2).sum(), 2))
+    out = endpoints(fp, X2, names[yt])
+    assert out["endpoint_misses"] == [["window-64", "int4-pertoken"]]
+    assert out["endpoint_accuracy"] == pytest.approx(2 / 3)
+    rows = np.flatnonzero(yt == 2)
+    every = [{"window-64", "int4-pertoken"} if i in rows else {names[yt[i]]} for i in range(45)]
+    some = [{"window-64", "int4-pertoken"} if i in rows[:10] else {names[yt[i]]} for i in range(45)]
+    assert endpoints(fp, X2, names[yt], every)["endpoint_accuracy_lookalike"] == 1.0
+    assert endpoints(fp, X2, names[yt], some)["endpoint_accuracy_lookalike"] == pytest.approx(2 / 3)

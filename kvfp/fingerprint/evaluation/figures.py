@@ -118,6 +118,35 @@ def open_set(params: dict, X_train: np.ndarray, y_train: Sequence[str], groups: 
     return {"auroc": float(np.mean(list(per.values()))) if per else None, "per_scheme": per}
 
 
+def endpoints(fp: Fingerprinter, X: np.ndarray, y: Sequence[str], alike: Sequence[set] | None = None) -> dict:
+    """What an auditor gets: each served scheme's test observations pooled into one verdict, as
+    ``kvfp identify`` pools a log (:meth:`Fingerprinter.identify_pooled`).
+
+    Returns ``endpoint_accuracy`` (the pooled top scheme is the served one),
+    ``endpoint_gene_accuracy`` (the pooled gene's algorithm), ``endpoints`` (how many), and with
+    ``alike`` ``endpoint_accuracy_lookalike`` (the pooled top scheme gives the served scheme's
+    outputs on every one of its probes) and ``endpoint_misses`` (``[served, named]``).
+    """
+    y = np.asarray([str(v) for v in y], dtype=object)
+    top, genes, misses, forgiven = [], [], [], []
+    served = sorted(set(y.tolist()))
+    for s in served:
+        rows = np.flatnonzero(y == s)
+        ident = fp.identify_pooled(X[rows])
+        named = str(ident.schemes[0][0])
+        top.append(named == s)
+        genes.append(ident.gene is not None and str(ident.gene["algorithm"]) == true_algorithm(s))
+        if named != s:
+            misses.append([s, named])
+        if alike is not None:
+            forgiven.append(all(named in alike[i] for i in rows))
+    out = {"endpoints": len(served), "endpoint_accuracy": float(np.mean(top)) if served else None,
+           "endpoint_gene_accuracy": float(np.mean(genes)) if served else None, "endpoint_misses": misses}
+    if alike is not None:
+        out["endpoint_accuracy_lookalike"] = float(np.mean(forgiven)) if served else None
+    return out
+
+
 def pair_scores(fp: Fingerprinter, X: np.ndarray, pair: tuple[str, str]) -> np.ndarray:
     """``(n,)`` per-observation evidence for ``pair[0]`` over ``pair[1]``: ``log P(a) − log P(b)``
     from the calibrated scheme classifier (pooling observations adds these up)."""

@@ -18,7 +18,8 @@ Protocol
   per tier fitted on the train side, grouped by probe.
 * Figures per tier, on the test side: top-1 scheme accuracy (closed set; also counting a
   prediction right when its replay equals the true scheme's on that observation, see
-  :mod:`~kvfp.fingerprint.evaluation.lookalike`), algorithm-gene
+  :mod:`~kvfp.fingerprint.evaluation.lookalike`), the same per endpoint (each served scheme's
+  test observations pooled into one verdict, as ``kvfp identify`` pools a log), algorithm-gene
   accuracy, macro-F1, the false-alarm rate of uncompressed (``none``) test observations,
   leave-one-scheme-out open-set AUROC (the held-out scheme's training rows *and* the feature
   columns simulating it removed; novelty of its test rows against the other schemes' test rows),
@@ -412,6 +413,7 @@ def tier_figures(fp, names, X_train, train, X_test, test, held, protocol: Protoc
     from kvfp.fingerprint.evaluation import figures, metrics
 
     out = figures.closed_set(fp, X_test, test.labels, alike=alike)
+    out.update(figures.endpoints(fp, X_test, test.labels, alike))
     out["n_features"] = int(X_train.shape[1])
     osr = figures.open_set(fp.get_params(), X_train, train.labels, train.groups, X_test, test.labels, names, held)
     out["open_set_auroc"], out["open_set_auroc_per_scheme"] = osr["auroc"], osr["per_scheme"]

@@ -17,6 +17,7 @@ TARGETS = {
     "tokens_to_separate": {"*": ("<=", 1000)},
 }
 COLUMNS = (("scheme_accuracy", "scheme acc"), ("scheme_accuracy_lookalike", "… look-alikes merged"),
+           ("endpoint_accuracy", "endpoint acc (pooled)"),
            ("gene_accuracy", "algorithm acc"), ("macro_f1", "macro-F1"),
            ("open_set_auroc", "open-set AUROC"), ("false_alarm_rate", "false alarms"),
            ("tokens_to_separate", "tokens {a} vs {b}"))
@@ -71,6 +72,8 @@ def _number(figure: str, fig: dict) -> str:
         return "—"
     if figure == "false_alarm_rate":
         return f"{v:.1%} ({fig['false_alarms']}/{fig['null_observations']})"
+    if figure == "endpoint_accuracy":
+        return f"{v:.3f} ({round(v * fig['endpoints'])}/{fig['endpoints']})"
     if figure == "tokens_to_separate":
         if v["reached"]:
             return f"{v['tokens']:,} (t={v['t']}×m={v['m']})"
