@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kvfp.fingerprint.features.common import centred
+from kvfp.fingerprint.features.common import centred, logsoftmax
 from kvfp.fingerprint.features.prompt import as_array
 from kvfp.fingerprint.features.topk import support
 from kvfp.fingerprint.observation import topk_of
@@ -54,14 +54,11 @@ def departures(obs, ref, tier: str) -> tuple[np.ndarray, np.ndarray | None, dict
     if tier == "logits":
         p = np.exp(lr)
         w = np.sqrt(p)
-        lo = obs.logits.astype(np.float64)
-        lo = lo - lo.max(-1, keepdims=True)
-        lo = lo - np.log(np.exp(lo).sum(-1, keepdims=True))
 
         def dep(x):
             return _fisher(x, lr, w, p).ravel()
 
-        D = dep(lo)
+        D = dep(logsoftmax(obs.logits))
         N = dep(noise_lr) if noise_lr is not None else None
         cands = {c: dep(rep.logprobs()) for c, rep in ref.candidates.items()}
     elif tier.startswith("topk-"):
@@ -114,12 +111,7 @@ def compute(obs, ref, tier: str) -> dict[str, float]:
     eps = 1e-6 * float(D @ D) + _TINY
     out_gain, out_expl = {}, {}
     for c, C in cands.items():
-        if N is not None and float(N @ N) > _TINY:
-            # a free on N with C at its own size: regress D − C on N
-            a = float((D - C) @ N) / float(N @ N)
-            r1 = float(((D - C) - a * N) @ ((D - C) - a * N))
-        else:
-            r1 = float((D - C) @ (D - C))
+        r1 = _resid(D - C, base)  # C at its own size, the noise's weight free
         out_gain[f"cand.{tier}.gain[{c}]"] = float(np.log((r0 + eps) / (r1 + eps)))
         out_expl[f"cand.{tier}.expl[{c}]"] = float(1.0 - _resid(D, base + [C]) / (r0 + eps)) if r0 > 0 else 1.0
     return {**out_gain, **out_expl}
