@@ -29,7 +29,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from kvfp.fingerprint.estimators.genes import GeneHeads
+from kvfp.fingerprint.estimators.genes import GeneHeads, _split
 from kvfp.fingerprint.estimators.openset import OpenSetDetector
 from kvfp.fingerprint.estimators.scheme import SchemeClassifier
 
@@ -295,8 +295,9 @@ class Fingerprinter(ClassifierMixin, BaseEstimator):
                     proba[r[j]] = proba.get(r[j], 0.0) + float(q)
                 out[name] = {"value": max(proba, key=proba.get), "proba": proba}
             elif kind == "set":
-                elements = sorted({e for r in rows for e in str(r[j]).split("+") if e})
-                proba = {e: float(sum(q for r, q in zip(rows, p) if e in str(r[j]).split("+"))) for e in elements}
+                sets = [_split(r[j]) for r in rows]
+                elements = sorted(set().union(*sets))
+                proba = {e: float(sum(q for es, q in zip(sets, p) if e in es)) for e in elements}
                 out[name] = {"value": [e for e, q in proba.items() if q >= 0.5], "proba": proba}
         return out
 
