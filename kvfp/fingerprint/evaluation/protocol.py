@@ -249,6 +249,7 @@ def run(protocol: Protocol, work: Path | str, *, log=lambda msg: None) -> dict:
     from kvfp.compressors.calibration import model_fingerprint
     from kvfp.datasets.manifest import tokenizer_hash
     from kvfp.fingerprint.reference import REFERENCE, ReferenceRunner
+    from kvfp.fingerprint.training import load_labelled
     from kvfp.models import load
 
     t_start = time.perf_counter()
@@ -284,8 +285,8 @@ def run(protocol: Protocol, work: Path | str, *, log=lambda msg: None) -> dict:
                             "once it finishes")
     seconds["collect"] = time.perf_counter() - t0
 
-    train = _load([work / "train-reference", work / "train-nuisance"])
-    test = _load([work / "test-nuisance"])
+    train = load_labelled([work / "train-reference", work / "train-nuisance"])
+    test = load_labelled([work / "test-nuisance"])
     tiers = [t for t in train.tiers() if t in test.tiers()]
     runner = ReferenceRunner(model, candidates)
     result = {"model": protocol.model, "weights_hash": ident["weights_hash"],
@@ -340,33 +341,6 @@ def _train_and_measure(protocol: Protocol, model, tok, runner, train, test, tier
                                              train, X_test[tier], test, held, protocol, tier,
                                              short.get(tier), pair_obs, alike)
     seconds["figures"] = time.perf_counter() - t0
-
-
-def _load(paths: list[Path]):
-    """Every trace of the datasets at ``paths`` as one
-    :class:`~kvfp.fingerprint.training.LabelledObservations` (label: scheme; group: probe).
-
-    Not :func:`~kvfp.fingerprint.training.load_labelled`: its one-model check compares the
-    manifests' weight hashes, and the bf16 ``none`` dataset hashes the weights as bf16. The work
-    folder's configuration already ties all three datasets to one model and tokenizer.
-    """
-    from kvfp.datasets.dataset import open_dataset
-    from kvfp.fingerprint.observation import from_trace
-    from kvfp.fingerprint.training import LabelledObservations
-
-    out = LabelledObservations([], [], [])
-    for p in paths:
-        ds = open_dataset(p)
-        if ds.missing():
-            raise KvfpError(f"{p} is incomplete ({len(ds.missing())} units missing); run the same command again")
-        out.manifests.append(ds.manifest)
-        out.probes.update(ds.probes.by_id())
-        for tr in ds.traces():
-            o = from_trace(tr)
-            out.observations.append(o)
-            out.labels.append(str(tr.meta["scheme"]))
-            out.groups.append(str(o.probe_id))
-    return out
 
 
 def _serving(s: dict) -> str:
