@@ -31,6 +31,18 @@ def test_training_record_matches_the_weights():
     assert rec["heldout_loss"] > 0
 
 
+def test_shipped_weights_are_what_train_tiny_builds_by_default():
+    # `kvfp models train-tiny` must reproduce the packaged model: its recorded recipe is the default
+    from dataclasses import asdict
+
+    from kvfp.models.train_tiny import TinyTrainConfig
+
+    rec = json.loads((PATH / "kvfp_tiny.json").read_text())
+    assert rec["train_config"] == json.loads(json.dumps(asdict(TinyTrainConfig())))
+    cfg = AutoModelForCausalLM.from_pretrained(PATH).config
+    assert cfg.rope_parameters["rope_theta"] == TinyTrainConfig().rope_theta
+
+
 @pytest.fixture(scope="module")
 def checks(tiny):
     from kvfp.models.lm_checks import run_checks

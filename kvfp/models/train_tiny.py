@@ -59,10 +59,10 @@ class TinyTrainConfig:
     num_attention_heads: int = 8
     num_key_value_heads: int = 2
     max_position_embeddings: int = 4096
-    # Llama 3's base. At 10000 with head_dim 32 only a few RoPE pairs stay slow across 2048
-    # tokens: the shipped 10000 model's BOS scores fell with distance (layer 2: +18 at queries
-    # 8-64, +9 at 256+), and it copied worse (0.396 vs 0.282) and lost track past 1024 tokens on
-    # stream windows (benchmarks/RESULTS.md)
+    # Llama 3's base. With head_dim 32, 2 of 16 RoPE pairs turn by less than pi/4 over 2048
+    # tokens at base 10000 and 6 at 500000. The base-10000 model's BOS scores fell with distance
+    # (layer 2: +18 at queries 8-64, +9 at 256+), and it copied worse (0.396 vs 0.282) and lost
+    # track past 1024 tokens on stream windows (benchmarks/RESULTS.md)
     rope_theta: float = 500000.0
     phases: list[Phase] = field(
         # short sequences first: induction heads form within ~100 steps at 128 tokens, while at
