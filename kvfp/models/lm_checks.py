@@ -53,10 +53,11 @@ def heldout_stream(tok) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
-def document_windows(tok, length: int = 2048) -> list[np.ndarray]:
-    """BOS and the first ``length - 1`` tokens of every held-out file that has that many."""
+def document_windows(tok, length: int = 2048, files=None) -> list[np.ndarray]:
+    """BOS and the first ``length - 1`` tokens of every held-out file (or of ``files``) that has
+    that many."""
     out = []
-    for f in load_split("heldout"):
+    for f in load_split("heldout") if files is None else files:
         ids = tok(f.text, add_special_tokens=False, verbose=False)["input_ids"]
         if len(ids) >= length - 1:
             out.append(np.asarray([tok.bos_token_id, *ids[: length - 1]], dtype=np.int64))
