@@ -1,10 +1,10 @@
 """Fidelity of every catalogue scheme on kvfp-tiny: perplexity, memory, runner time.
 
-For each held-out (probe-split) window of ``--context`` tokens, taken within one file, the first half is the prompt
-(prefill) and the second half is replayed one token per forward through the decode path, where
-compression acts; perplexity is over the replayed tokens. Memory is the cache's own byte count
-per token per layer at the end; time is the replay's wall time, as a ratio to ``none`` measured
-in the same run.
+For each held-out (probe-split) window of ``--context`` tokens, taken within one file, the first
+half is the prompt (prefill) and the second half is replayed one token per forward through the
+decode path, where compression acts; perplexity is over the replayed tokens. Memory is the
+cache's own byte count per token per layer at the end; time is the replay's wall time, as a ratio
+to ``none`` measured in the same run.
 
     python benchmarks/fidelity.py [--windows 2] [--context 2048] [--scheme NAME ...] [--json out.json]
 """
@@ -21,7 +21,7 @@ import torch
 
 from kvfp.compressors import canonical_schemes, parse_scheme
 from kvfp.models import load
-from kvfp.models.corpus import is_calibration, load_split
+from kvfp.models.corpus import probe_files
 from kvfp.models.lm_checks import document_windows
 from kvfp.runner import replay
 
@@ -33,8 +33,7 @@ def windows(tok, n: int, length: int) -> list[list[int]]:
     another file than the continuation it is scored on. Dropping such a prompt helps a small
     model, which made SnapKV and PyramidKV at 10% score better than at 50% and every prefill
     eviction better than none (benchmarks/RESULTS.md); within files both costs are positive."""
-    probe_files = [f for f in load_split("heldout") if not is_calibration(f.relpath)]
-    docs = document_windows(tok, length, probe_files)
+    docs = document_windows(tok, length, probe_files())
     if len(docs) < n:
         raise SystemExit(f"only {len(docs)} probe files have {length} tokens; ask for fewer --windows")
     # spread over the files rather than taking the first few (files are sorted by path)

@@ -81,9 +81,14 @@ def _joined(files: list[CorpusFile], max_chars: int | None) -> str:
     return text if max_chars is None else text[:max_chars]
 
 
+def probe_files() -> list[CorpusFile]:
+    """Held-out files that are not calibration files: the only text probes may use."""
+    return [f for f in load_split("heldout") if not is_calibration(f.relpath)]
+
+
 def probe_text(max_chars: int | None = None) -> str:
-    """Held-out, non-calibration files joined by blank lines: the filler text of probes."""
-    return _joined([f for f in load_split("heldout") if not is_calibration(f.relpath)], max_chars)
+    """Probe files joined by blank lines: the filler text of probes."""
+    return _joined(probe_files(), max_chars)
 
 
 def calibration_text(max_chars: int | None = None) -> str:
