@@ -62,6 +62,8 @@ PATTERNS = (
     ("key norm at 10% worse than at 50%", "knorm-0.1", ">", "knorm-0.5"),
     ("VATP at 10% worse than at 50%", "vatp-0.1", ">", "vatp-0.5"),
     ("PyramidKV at 10% worse than at 50%", "pyramidkv-0.1", ">", "pyramidkv-0.5"),
+    # StreamingLLM (Xiao et al. 2023): a window that evicts the first tokens loses the attention sinks
+    ("a window without sink tokens worse than StreamingLLM's", "window-512", ">", "streaming-s4-w508"),
 )
 
 

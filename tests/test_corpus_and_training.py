@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kvfp.models.corpus import corpus_hash, is_held_out, load_split
+from kvfp.models.sink_floor import SinkFloor
 from kvfp.models.train_tiny import Phase, TinyTrainConfig, train_tiny
 
 
@@ -26,7 +27,8 @@ def test_split_is_a_fixed_rule_on_paths():
 def _micro(seed=0):
     return TinyTrainConfig(seed=seed, vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                            num_attention_heads=4, num_key_value_heads=2, phases=[Phase(64, 2, 3), Phase(128, 1, 2)],
-                           eval_seqs=1, eval_len=128, max_train_files=40)
+                           eval_seqs=1, eval_len=128, max_train_files=40,
+                           sink_floor=SinkFloor(start_step=2))  # the sink term trains in steps 2-4
 
 
 @pytest.mark.slow

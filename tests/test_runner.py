@@ -43,6 +43,13 @@ def test_none_equals_plain_model_with_left_padding(tiny, heldout_ids):
         assert torch.equal(torch.from_numpy(tr.logits), ref_logits[i])
 
 
+# A batch changes float rounding, which `none` shows stays under 2e-4; under quantisation it can
+# also move a value across a rounding boundary, a whole int8 step. On the shipped weights that
+# reached 6.1e-4 (under 2e-4 on the weights before); padding
+# leaking into attention would differ by ~1e-1.
+ATOL_BATCHED = {"none": 2e-4, "int8-pertoken": 2e-3, "window-64": 2e-4}
+
+
 @pytest.mark.parametrize("name", ["none", "int8-pertoken", "window-64"])
 def test_batched_left_padding_matches_single_runs(tiny, heldout_ids, name):
     model, tok = tiny
@@ -53,7 +60,7 @@ def test_batched_left_padding_matches_single_runs(tiny, heldout_ids, name):
     for p, tb in zip(prompts, batched):
         single = generate(model, scheme, [p], NEW, logits=True)[0]
         assert tb.meta["nuisance"]["batch_size"] == 3
-        np.testing.assert_allclose(tb.logits, single.logits, atol=2e-4, rtol=0)
+        np.testing.assert_allclose(tb.logits, single.logits, atol=ATOL_BATCHED[name], rtol=0)
 
 
 def test_window_shorter_prompt_equals_none(tiny, heldout_ids):

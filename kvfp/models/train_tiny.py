@@ -3,9 +3,11 @@
 The run is seeded and step-counted (never time-boxed), so the same Python, torch and corpus give
 the same weights. It takes about half an hour on 2 CPU cores.
 
-Three choices make the model behave like a real LM in the ways KV compression shows:
+Four choices make the model behave like a real LM in the ways KV compression shows:
 
-* every training sequence starts with ``<|bos|>``, the stable position attention sinks form on;
+* every training sequence starts with ``<|bos|>``, and from step 1600 a training term asks each
+  layer after the first to put at least 0.3 of its attention on it (``kvfp.models.sink_floor``):
+  sinks did not form on their own in this token budget;
 * in-context copying is trained on purpose. The run opens with 400 steps of rows that are one
   span repeated to fill the row (half random ids, half corpus text): induction heads form there
   within a few hundred steps. Afterwards half the rows stay repeats (mostly of corpus text, so
@@ -36,6 +38,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from kvfp.models.corpus import corpus_hash, load_split
+from kvfp.models.sink_floor import NAME as SINK_FLOOR_ATTENTION
+from kvfp.models.sink_floor import SinkFloor, SinkMassCollector
 from kvfp.models.tokenizer_train import train_tokenizer
 
 
@@ -84,6 +88,8 @@ class TinyTrainConfig:
     eval_seqs: int = 16
     eval_len: int = 2048
     max_train_files: int | None = None  # None: the whole train split (tests use a few files)
+    # a floor on per-layer attention mass to BOS, trained in (see kvfp.models.sink_floor); None: off
+    sink_floor: SinkFloor | None = field(default_factory=SinkFloor)
 
 
 def model_config(cfg: TinyTrainConfig, tok) -> LlamaConfig:
@@ -223,7 +229,10 @@ def train_tiny(out_dir: Path, cfg: TinyTrainConfig | None = None, log=print) -> 
         f"{len(held_files)} held-out files ({len(held)} tokens)")
 
     model = LlamaForCausalLM(model_config(cfg, tok))
-    model.config._attn_implementation = "sdpa"
+    collector = SinkMassCollector(cfg.sink_floor, cfg.seed) if cfg.sink_floor else None
+    train_attn = SINK_FLOOR_ATTENTION if collector else "sdpa"
+    extra = {"sink_collector": collector} if collector else {}
+    model.set_attn_implementation(train_attn)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -239,21 +248,22 @@ def train_tiny(out_dir: Path, cfg: TinyTrainConfig | None = None, log=print) -> 
                 g["lr"] = lr_at(step, total, cfg)
             x = sample_batch(stream, tok.bos_token_id, phase, rng, cfg)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16_autocast):
-                loss = model(input_ids=x, labels=x).loss
-            loss.backward()
+                loss = model(input_ids=x, labels=x, **extra).loss
+            penalty = collector.penalty() if collector else torch.zeros(())  # logged before its start
+            (loss + penalty if collector and step >= cfg.sink_floor.start_step else loss).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
             step += 1
             if step % 50 == 0 or step == total:
                 log(f"step {step}/{total} len {phase.seq_len} loss {loss.item():.3f} "
-                    f"lr {g['lr']:.2e} {time.time() - t0:.0f}s")
+                    f"sink penalty {penalty.item():.3f} lr {g['lr']:.2e} {time.time() - t0:.0f}s")
             if cfg.monitor_every and step % cfg.monitor_every == 0:
                 model.set_attn_implementation("eager")  # monitoring needs attention probabilities
                 log(f"  monitor @ {step}: {monitor(model, held, tok.bos_token_id)}")
-                model.set_attn_implementation("sdpa")
+                model.set_attn_implementation(train_attn)
 
-    model.config._attn_implementation = "sdpa"
+    model.set_attn_implementation("sdpa")  # what the saved model runs with
     held_loss = heldout_loss(model, held, tok.bos_token_id, cfg.eval_seqs, cfg.eval_len)
     record = {
         "name": "kvfp-tiny",
