@@ -28,4 +28,4 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 lint: setup
-	$(BIN)/ruff check kvfp tests benchmarks
+	$(BIN)/python -m ruff check kvfp tests benchmarks
