@@ -1,18 +1,20 @@
 """A training term that gives kvfp-tiny attention sinks: a floor on attention mass to BOS.
 
 Real LMs park a large share of attention on the first token (StreamingLLM's "attention sinks";
-Gu et al. 2024 find them emerging only after billions of training tokens). kvfp-tiny sees about
-6.4M tokens, and in every recipe tried without this term (21 GPU runs at RoPE base 10000, the
-base-500000 retrain, fine-tunes with random-id rows, proxies with 16 heads) layers 1-3 put at most
-0.03 of the attention from late queries on BOS: every head stays busy with content. Schemes whose
+Gu et al. 2024, "When Attention Sink Emerges in Language Models", find them emerging after
+effective optimisation on sufficient training data). kvfp-tiny sees about 6.4M tokens, and in
+every recipe tried without this term (21 GPU runs at RoPE base 10000, the base-500000 retrain,
+fine-tunes with random-id rows, proxies with 16 heads) layers 1-3 put at most 0.04 of the
+attention from late queries on BOS: every head stays busy with content. Schemes whose
 fingerprint depends on sinks (StreamingLLM, eviction that keeps or drops position 0, per-token
-quantisation of the BOS key) then behave unlike they do on real models.
+quantisation of the BOS key) can then behave unlike they do on real models.
 
-So training adds, from ``start_step`` on, ``weight * sum(relu(floor - m_l))`` over layers ``l >= from_layer``, where
-``m_l`` is the mean, over heads and a random sample of query positions, of the softmax weight on
-key 0. It is a hinge on the layer mean: the model chooses which heads park and how much, and
-the term is zero once a layer's mean reaches the floor. The sink is trained in, not emergent;
-benchmarks/RESULTS.md reports what it costs in loss and what it does to sink-dependent schemes.
+So training adds, from ``start_step`` on, ``weight * sum(relu(floor - m_l))`` over layers
+``l >= from_layer``, where ``m_l`` is the mean, over heads and a random sample of query positions, of
+the softmax weight on key 0. It is a hinge on the layer mean: the model chooses which heads park
+and how much, and the term is zero once a layer's mean reaches the floor. The sink is trained
+in, not emergent; benchmarks/RESULTS.md reports what it costs in loss and what it does to
+sink-dependent schemes.
 
 The term is computed inside an attention function registered with transformers'
 ``AttentionInterface`` for training only: the output is plain causal sdpa (the saved model runs
