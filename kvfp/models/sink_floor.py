@@ -34,7 +34,7 @@ NAME = "kvfp-sink-floor-train"
 
 @dataclass
 class SinkFloor:
-    floor: float = 0.3  # per-layer mean BOS mass the hinge asks for (the check asks 0.2)
+    floor: float = 0.3  # per-layer mean BOS mass the hinge asks for (LM check (c) asks 0.2)
     weight: float = 1.0
     queries: int = 64  # query positions sampled per layer and step
     min_pos: int = 16  # sampled queries sit at positions >= this (or a quarter of the row)

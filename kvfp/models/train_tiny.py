@@ -3,7 +3,7 @@
 The run is seeded and step-counted (never time-boxed), so the same Python, torch and corpus give
 the same weights. It takes about half an hour on 2 CPU cores.
 
-Four choices make the model behave like a real LM in the ways KV compression shows:
+Three choices make the model behave like a real LM in the ways KV compression shows:
 
 * every training sequence starts with ``<|bos|>``, and from step 1600 a training term asks each
   layer after the first to put at least 0.3 of its attention on it (``kvfp.models.sink_floor``):
