@@ -39,3 +39,24 @@ def heldout_ids(tiny):
 def prompt(heldout_ids, tok, n: int, offset: int = 0) -> list[int]:
     """BOS + n-1 held-out tokens."""
     return [tok.bos_token_id] + heldout_ids[offset : offset + n - 1].tolist()
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory):
+    """smollm2-135m converted once per session into a fresh KVFP_CACHE: ``(cache root, folder)``.
+
+    Tests that go through kvfp's name lookup set ``KVFP_CACHE`` to the root, so they find this
+    conversion instead of making their own. Skipped when the package carrying the GGUF is absent.
+    """
+    from kvfp.errors import UnknownNameError
+    from kvfp.models.gguf_models import ensure_converted, find_gguf
+
+    try:
+        find_gguf("smollm2-135m")
+    except UnknownNameError as e:
+        pytest.skip(str(e))
+    root = tmp_path_factory.mktemp("kvfp-cache-smollm2")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KVFP_CACHE", str(root))
+        folder = ensure_converted("smollm2-135m")
+    return root, folder

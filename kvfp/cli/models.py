@@ -20,7 +20,8 @@ app = typer.Typer(help="Models kvfp can run.", no_args_is_help=True)
 @app.command("list")
 @user_errors
 def list_models(as_json: JsonOpt = False) -> None:
-    """List the packaged models and causal LMs in the local Hugging Face cache."""
+    """List the packaged models, the GGUF-packaged ones (installed? converted?) and causal LMs in the
+    local Hugging Face cache."""
     from kvfp.models import available
 
     models = available()

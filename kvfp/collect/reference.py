@@ -14,15 +14,15 @@ import hashlib
 import json
 from pathlib import Path
 
-from kvfp.compressors.calibration import cache_dir
 from kvfp.datasets.atomic import publish_text
 from kvfp.datasets.manifest import run_key
+from kvfp.paths import cache_root
 
 
 def reference_dir(manifest: dict) -> Path:
     key = run_key(manifest)
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
-    folder = cache_dir().parent / "references" / digest
+    folder = cache_root() / "references" / digest
     if not (folder / "key.json").is_file():
         try:  # for a person browsing the cache: what these traces are
             publish_text(folder / "key.json", json.dumps({"model": manifest["model"]["id"], **key}, indent=2))

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from transformers import DynamicCache
 
 from kvfp.compressors.rope import rope_cos_sin, undo_rope
+from kvfp.paths import cache_root
 
 CALIBRATION_VERSION = 2  # 2: K/V always captured with eager attention
 CALIB_WINDOWS, CALIB_LEN = 4, 1024
@@ -26,7 +27,7 @@ _memory: dict[tuple, object] = {}
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("KVFP_CACHE", Path.home() / ".cache" / "kvfp")) / "calibration"
+    return cache_root() / "calibration"
 
 
 def model_fingerprint(model) -> str:

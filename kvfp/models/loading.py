@@ -1,4 +1,5 @@
-"""Resolve and load causal LMs: the packaged kvfp-tiny, local HF folders, or hub ids."""
+"""Resolve and load causal LMs: the packaged kvfp-tiny, GGUF-packaged models (smollm2-135m), local HF
+folders, or hub ids."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import torch
 
 from kvfp.errors import KvfpError, UnknownNameError
+from kvfp.models.gguf_models import GGUF_MODELS, ensure_converted, status
 
 PACKAGED_DIR = Path(__file__).parent
 PACKAGED = {"kvfp-tiny": PACKAGED_DIR / "kvfp-tiny"}
@@ -19,7 +21,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 @dataclass
 class ModelInfo:
     name: str
-    source: str  # "packaged" | "local" | "hub-cache"
+    source: str  # "packaged" | "gguf-package" | "local" | "hub-cache"
     path: str
     detail: str = ""
 
@@ -29,7 +31,8 @@ def _is_hf_folder(path: Path) -> bool:
 
 
 def resolve(name_or_path: str) -> tuple[str, str]:
-    """Return ``(what to pass to from_pretrained, source)`` without loading weights."""
+    """Return ``(what to pass to from_pretrained, source)``; loads no weights, except to convert a
+    GGUF-packaged model the first time it is named."""
     if name_or_path in PACKAGED:
         path = PACKAGED[name_or_path]
         if not _is_hf_folder(path):
@@ -38,6 +41,8 @@ def resolve(name_or_path: str) -> tuple[str, str]:
                 f"rebuild it with `kvfp models train-tiny --out DIR` and pass DIR"
             )
         return str(path), "packaged"
+    if name_or_path in GGUF_MODELS:  # converted into kvfp's cache on first use
+        return str(ensure_converted(name_or_path)), "gguf-package"
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not _is_hf_folder(path):
@@ -48,7 +53,7 @@ def resolve(name_or_path: str) -> tuple[str, str]:
 
 def _not_found(name: str, why: str) -> UnknownNameError:
     return UnknownNameError(
-        f"model {name!r} not found: it is not a packaged model ({', '.join(PACKAGED)}), not a "
+        f"model {name!r} not found: it is not a packaged model ({', '.join([*PACKAGED, *GGUF_MODELS])}), not a "
         f"local folder, and {why}.\nPass a packaged name, a folder with config.json and weights, "
         f"or a hub id that is in the local Hugging Face cache (or reachable online)."
     )
@@ -115,7 +120,8 @@ def packaged_info(name: str) -> dict:
 
 
 def available() -> list[ModelInfo]:
-    """Packaged models plus causal LMs found in the local Hugging Face cache."""
+    """Packaged models, GGUF-packaged models (installed or not) and causal LMs in the local Hugging Face
+    cache."""
     out = []
     for name, path in PACKAGED.items():
         info = packaged_info(name)
@@ -123,6 +129,9 @@ def available() -> list[ModelInfo]:
         if info:
             detail = f"{info['parameters'] / 1e6:.1f}M params, held-out loss {info['heldout_loss']:.3f}"
         out.append(ModelInfo(name, "packaged", str(path), detail))
+    for name in GGUF_MODELS:
+        detail, path = status(name)
+        out.append(ModelInfo(name, "gguf-package", path, detail))
     try:
         from huggingface_hub import scan_cache_dir
 

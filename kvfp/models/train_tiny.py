@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +35,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from kvfp.models.corpus import corpus_hash, load_split
+from kvfp.models.publish import publish_folder
 from kvfp.models.sink_floor import NAME as SINK_FLOOR_ATTENTION
 from kvfp.models.sink_floor import SinkFloor, SinkMassCollector
 from kvfp.models.tokenizer_train import train_tokenizer
@@ -284,20 +282,14 @@ def train_tiny(out_dir: Path, cfg: TinyTrainConfig | None = None, log=print) -> 
     }
     log(f"held-out loss {held_loss:.4f} after {record['train_seconds']}s")
 
-    # Assemble in a sibling temp folder, then rename: a killed run never leaves a half model.
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    def write(tmp: Path) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         (tmp / "kvfp_tiny.json").write_text(json.dumps(record, indent=2) + "\n")
-        tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
-        for f in tmp.iterdir():
-            f.chmod(0o644)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    # a killed run never leaves a half model
+    if not publish_folder(out_dir, write):
+        raise FileExistsError(f"{out_dir} appeared during training; kvfp never overwrites an output folder")
     return record
 
 
