@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kvfp.kernels import dispatch
+from kvfp.kernels import dispatch, ggml_quants
 from kvfp.kernels.quant_layout import QuantLayout
 from kvfp.kernels.quant_ref import (
     dequantize_fp4_e2m1,
@@ -190,3 +190,42 @@ class FP4Blocks(TokenCodec):
 
     def nbytes(self, enc):
         return packed_bytes(enc["codes"], 4) + plain_bytes(enc["scale"])
+
+
+@dataclass(frozen=True)
+class GGMLBlocks(TokenCodec):
+    """One of ggml's block formats (``q8_0``, ``q4_0``, ``q4_1``, ``q5_0``, ``q5_1``, ``iq4_nl``):
+    blocks of 32 channels of head_dim, each with codes and an fp16 scale (and minimum), as
+    ggml's reference quantizer writes them (:mod:`kvfp.kernels.ggml_quants`, bit for bit).
+    Decoded in float32, then cast to the model's dtype. ``nbytes`` is ggml's block size times the
+    number of blocks (q8_0: 34 bytes per 32 values, q4_0 and iq4_nl 18, q4_1 20, q5_0 22, q5_1 24)."""
+
+    qtype: str
+
+    def __post_init__(self):
+        if self.qtype not in ggml_quants.BLOCK_BYTES:
+            raise ValueError(f"unknown ggml type {self.qtype!r}")
+
+    def encode(self, x):
+        return ggml_quants.quantize(x, self.qtype)  # codes (B, H, T, D), d/m (B, H, T, D // 32)
+
+    def decode(self, enc, dtype):
+        return ggml_quants.dequantize(enc, self.qtype, dtype)
+
+    def nbytes(self, enc):
+        return enc["codes"].numel() // ggml_quants.QK * ggml_quants.BLOCK_BYTES[self.qtype]
+
+
+@dataclass(frozen=True)
+class Half(TokenCodec):
+    """Values rounded to float16 (nearest, ties to even; out of range becomes ±inf, as a cast in
+    any engine), decoded back to the model's dtype."""
+
+    def encode(self, x):
+        return {"codes": x.to(torch.float16)}
+
+    def decode(self, enc, dtype):
+        return enc["codes"].to(dtype)
+
+    def nbytes(self, enc):
+        return plain_bytes(enc["codes"])

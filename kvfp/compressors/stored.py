@@ -7,7 +7,10 @@ key norms) or once attention has been computed (``observe``: H2O, SnapKV, TOVA�
 Precision follows serving engines: a multi-token forward (prefill chunk) attends over its own
 K/V exactly as projected — the kernel reads them before they are written to the cache — while
 everything read back from the cache, the current token during decode included, comes through the
-store's encoding. With an exact store both are the same.
+store's encoding. A store whose ``prefill_reads_cache`` is True (llama.cpp's cache types: the
+engine writes every K/V into its cache as computed and attention always reads the cache) makes
+the prefill chunk read its own entries through the encoding too. With an exact store all are the
+same.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ class StoredLayer(KvfpLayer):
         slots, valid = slots[:, :hm], valid[:, :hm]
         self.slots = slots if self.slots is None else torch.cat([self.slots, slots], dim=-1)
         self.valid = valid if self.valid is None else torch.cat([self.valid, valid], dim=-1)
-        if k.shape[-2] > 1:
+        if k.shape[-2] > 1 and not getattr(self.kv, "prefill_reads_cache", False):
             keys = k if prev is None else torch.cat([prev[0], k], dim=-2)
             values = v if prev is None else torch.cat([prev[1], v], dim=-2)
         else:

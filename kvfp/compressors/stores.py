@@ -3,6 +3,11 @@
 A store holds ``(B, H, S, D)`` entries along the token axis ``S``, in insertion order, and can
 keep a per-head subset of them (``select``). Eviction layers decide *which* entries survive;
 stores decide *how* they are kept. A hybrid scheme is an eviction layer over an encoding store.
+
+``prefill_reads_cache`` tells the layer where a multi-token forward reads its own new entries:
+False (most engines' kernels attend over the chunk's K/V before writing them; also what a store
+without the attribute gets) or True (llama.cpp writes them into its cache first and attention
+reads them back from there, prefill included).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ def _gather_tokens(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
 
 class ExactStore:
     """Entries at the model's own dtype."""
+
+    prefill_reads_cache = False  # nothing to tell apart: the cache is exact
 
     def __init__(self):
         self.k = self.v = None
@@ -57,6 +64,8 @@ class MirroredStore:
     Subclasses encode and decode; this class grows, reads and subsets the two in step. The
     mirror is what the encodings decode to; ``nbytes`` (a subclass's) counts the encodings.
     """
+
+    prefill_reads_cache = False
 
     def __init__(self):
         self.enc: dict[str, torch.Tensor] | None = None
@@ -93,8 +102,9 @@ class CodecStore:
     tensors only (what a serving kernel keeps).
     """
 
-    def __init__(self, k_codec: TokenCodec, v_codec: TokenCodec):
+    def __init__(self, k_codec: TokenCodec, v_codec: TokenCodec, prefill_reads_cache: bool = False):
         self.k_codec, self.v_codec = k_codec, v_codec
+        self.prefill_reads_cache = prefill_reads_cache
         self.k_enc = self.v_enc = None  # dict name -> (B, Hm, S, …)
         self.k_dec = self.v_dec = None
 

@@ -266,6 +266,8 @@ class Requant:
 class SideStore:
     """A K side and a V side behind the store contract of :mod:`kvfp.compressors.stores`."""
 
+    prefill_reads_cache = False
+
     def __init__(self, k_side, v_side):
         self.k_side, self.v_side = k_side, v_side
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import ClassVar
 
 from kvfp.compressors.codecs import TokenCodec
 from kvfp.compressors.scheme import Scheme
@@ -32,10 +33,12 @@ class StorageScheme(Scheme):
     :class:`~kvfp.compressors.stores.CodecStore`); others override ``make_store``. ``bits == 16``
     keeps the cache exact. Precision follows
     :class:`~kvfp.compressors.stored.StoredLayer`: prefill attends exactly, the cache is read back
-    through the codecs.
+    through the codecs — unless ``prefill_reads_cache`` is set, for engines that write K/V into the
+    cache before attention reads them (llama.cpp), prefill included.
     """
 
     role = "storage"
+    prefill_reads_cache: ClassVar[bool] = False
 
     @property
     def is_noop(self) -> bool:
@@ -47,5 +50,6 @@ class StorageScheme(Scheme):
     def make_store(self, layer_idx, num_layers, prep=None, step=None):
         if self.is_noop:
             return ExactStore
-        return partial(CodecStore, *self.codecs(layer_idx, num_layers, prep))
+        return partial(CodecStore, *self.codecs(layer_idx, num_layers, prep),
+                       prefill_reads_cache=self.prefill_reads_cache)
 
