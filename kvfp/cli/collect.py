@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kvfp.cli.errors import err_console, user_errors
-from kvfp.cli.options import AttnOpt, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt
+from kvfp.cli.options import AttnOpt, DeviceOpt, DtypeOpt, EngineOpt, FlashAttnOpt, JsonOpt, ModelOpt
 
 OutDataset = Annotated[str, typer.Option("--out", "-o", help="Dataset folder: new, empty, or one of the same "
                                                            "run (same model, probes, settings; schemes may be "
@@ -31,6 +31,8 @@ def collect(
     prompt_logprobs: Annotated[bool, typer.Option(help="Keep each prompt token's logprob (the prompt tier).")] = True,
     dtype: DtypeOpt = "float32",
     attn: AttnOpt = "sdpa",
+    engine: EngineOpt = "transformers",
+    flash_attn: FlashAttnOpt = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Probes per forward (left padding).")] = 1,
     device: DeviceOpt = "cpu",
     shard_size: Annotated[int, typer.Option(min=1, help="Probes per shard file (one unit of work).")] = 4,
@@ -54,7 +56,7 @@ def collect(
     spec = CollectSpec(model=model, schemes=tuple(scheme), out=Path(out), probes=probes, new_tokens=new_tokens,
                        topk=topk, logits=logits, prompt_logprobs=prompt_logprobs, dtype=dtype, attn=attn,
                        batch_size=batch_size, device=device, shard_size=shard_size, workers=workers,
-                       threads=threads)
+                       threads=threads, engine=engine, flash_attn=flash_attn)
     result = run(spec, log=lambda m: err_console.print(m))
     if as_json:
         typer.echo(json.dumps(result, indent=2))

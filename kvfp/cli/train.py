@@ -10,6 +10,21 @@ import typer
 
 from kvfp.cli.errors import err_console, user_errors
 from kvfp.cli.options import JsonOpt
+from kvfp.errors import KvfpError
+from kvfp.runner import engines
+
+
+def data_engine(manifests: list[dict], chosen: str | None) -> str:
+    """The engine profile to train under: ``chosen``, else the one every dataset was collected under."""
+    seen = sorted({m.get("settings", {}).get("engine", "transformers") for m in manifests})
+    if chosen is not None:
+        if chosen not in engines.ENGINES:
+            raise KvfpError(f"unknown engine {chosen!r}; choose one of {', '.join(engines.ENGINES)}", exit_code=2)
+        return chosen
+    if len(seen) > 1:
+        raise KvfpError(f"the datasets were collected under different engines ({', '.join(seen)}); "
+                        "choose the replays' with --engine", exit_code=2)
+    return seen[0]
 
 
 @user_errors
@@ -22,6 +37,9 @@ def train(
     candidates: Annotated[str | None, typer.Option(help="Comma-separated schemes simulated per observation, "
                                                         "or 'all' (the catalogue). Default: every scheme "
                                                         "the data labels.")] = None,
+    engine: Annotated[str | None, typer.Option(
+        "--engine", help="Engine whose emulated arithmetic is the noise yardstick (transformers: bf16/sdpa; "
+                         "llama.cpp). Default: the one the data was collected under.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a fingerprinter on collected datasets.
@@ -31,7 +49,6 @@ def train(
     per access tier is saved as safetensors + JSON (no pickle), tied to the model and tokenizer.
     """
     from kvfp.compressors import canonical_names
-    from kvfp.errors import KvfpError
     from kvfp.fingerprint.persist import save_fingerprinter
     from kvfp.fingerprint.reference import REFERENCE
     from kvfp.fingerprint.training import fit_fingerprinter, load_labelled
@@ -45,9 +62,10 @@ def train(
         cands = list(canonical_names()) if candidates == "all" else [c.strip() for c in candidates.split(",") if c]
     model_id = labelled.manifests[0]["model"]["id"]
     model, tok = load(model_id, dtype=REFERENCE[1], attn=REFERENCE[2])
+    profile = engines.for_model(model_id, data_engine(labelled.manifests, engine))
     n_schemes = len(set(labelled.labels))
     err_console.print(f"{len(labelled)} observations of {n_schemes} schemes from {len(data)} dataset(s)")
-    trained, X = fit_fingerprinter(labelled, model, tok, tiers=tier or None, candidates=cands,
+    trained, X = fit_fingerprinter(labelled, model, tok, tiers=tier or None, candidates=cands, engine=profile,
                                    log=lambda m: err_console.print(m))
     save_fingerprinter(out, trained)
     summary = {"out": str(out), "model": model_id, "tiers": list(trained.tiers), "observations": len(labelled),

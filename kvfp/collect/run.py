@@ -15,6 +15,7 @@ from kvfp.collect.units import Plan
 from kvfp.collect.work import work
 from kvfp.datasets.dataset import open_dataset
 from kvfp.datasets.manifest import build_manifest, tokenizer_hash
+from kvfp.runner import engines
 
 
 def collect(spec: CollectSpec, *, reference: bool = True, summary: bool = True, show_progress: bool = True,
@@ -48,6 +49,7 @@ def collect(spec: CollectSpec, *, reference: bool = True, summary: bool = True, 
     check_target(spec.out)
     model_path, _ = resolve(spec.model)
     model, tok = load(spec.model, dtype=spec.dtype, device=spec.device, attn=spec.attn)
+    engines.install(model, engines.for_model(spec.model, spec.engine, flash_attn=spec.flash_attn))
     suite = load_suite(spec.probes, tok, model_name=spec.model, new_tokens=spec.new_tokens,
                        model_max=getattr(model.config, "max_position_embeddings", None))
     requested = build_manifest(model_id=spec.model, model_path=model_path, weights_hash=model_fingerprint(model),

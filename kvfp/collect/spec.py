@@ -36,6 +36,8 @@ class CollectSpec:
     shard_size: int = 4
     workers: int = 1
     threads: int | None = None  # torch CPU threads per process; None: the cores shared among workers
+    engine: str = "transformers"  # or an engine profile whose arithmetic the model does (kvfp.runner.engines)
+    flash_attn: bool = False  # the engine profile's flash-attention kernel
 
     def __post_init__(self):
         for name in ("new_tokens", "topk", "batch_size", "shard_size", "workers", "threads"):
@@ -43,6 +45,12 @@ class CollectSpec:
                 continue
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise KvfpError(f"--{name.replace('_', '-')} must be a positive integer", exit_code=2)
+        from kvfp.runner.engines import ENGINES
+
+        if self.engine not in ENGINES:
+            raise KvfpError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}", exit_code=2)
+        if self.flash_attn and self.engine == "transformers":
+            raise KvfpError("--flash-attn selects an engine profile's kernel; pass --engine too", exit_code=2)
         if not self.schemes:
             raise KvfpError("name at least one --scheme (or --scheme all)", exit_code=2)
 
@@ -62,7 +70,9 @@ class CollectSpec:
         return {"new_tokens": self.new_tokens, "topk": self.topk, "logits": self.logits,
                 "prompt_logprobs": self.prompt_logprobs, "dtype": self.dtype, "attn": self.attn,
                 "batch_size": self.batch_size, "padding": "left", "device": self.device,
-                "threads": self.cpu_threads()}
+                "threads": self.cpu_threads(),
+                # only when set, so that datasets collected before engine profiles keep their settings
+                **({"engine": self.engine, "flash_attn": self.flash_attn} if self.engine != "transformers" else {})}
 
     def to_dict(self) -> dict:
         d = asdict(self)

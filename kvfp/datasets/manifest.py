@@ -25,6 +25,7 @@ SHARDS = "shards"
 REQUIRED = ("kind", "format", "model", "probes", "schemes", "settings", "shards", "versions")
 SETTINGS = ("new_tokens", "topk", "logits", "prompt_logprobs", "dtype", "attn", "batch_size", "padding", "device",
             "threads")
+OPTIONAL_SETTINGS = ("engine", "flash_attn")  # recorded only when an engine profile was used
 
 
 def versions() -> dict:
@@ -53,7 +54,7 @@ def build_manifest(*, model_id: str, model_path: str, weights_hash: str, tokeniz
         "probes": {"file": PROBES, "suite_hash": suite.hash, "n_probes": n,
                    "suite": suite.header.get("suite"), "ids": [p.id for p in suite.probes]},
         "schemes": [{"name": s.name, "gene": s.gene.to_dict()} for s in schemes],
-        "settings": {k: settings[k] for k in SETTINGS},
+        "settings": {k: settings[k] for k in (*SETTINGS, *OPTIONAL_SETTINGS) if k in settings},
         "shards": {"size": shard_size, "count": -(-n // shard_size),
                    "layout": f"{SHARDS}/<scheme>/shard-<index>.parquet"},
         "versions": versions(),

@@ -82,7 +82,8 @@ def identify_log(log: Path | str, model_name: str, classifier: Path | str, *, ti
         notes.append("no --probes suite given: position-to-planted-span profiles are empty, which weakens "
                      "the features the classifier was trained with")
     runner = trained.reference_runner(model)
-    log_progress(f"replaying {len(observations)} response(s) under the reference, the bf16 noise yardstick and "
+    noise = f"the {runner.engine.name} noise yardstick" if runner.engine else "the bf16 noise yardstick"
+    log_progress(f"replaying {len(observations)} response(s) under the reference, {noise} and "
                  f"{len(runner.candidates)} candidate schemes")
     X = feature_matrix(observations, runner, [chosen], by_id)[chosen]
     pooled = trained.identify(X, chosen, pooled=True, top=top)

@@ -56,7 +56,7 @@ def tokenizer_hash(tokenizer) -> str:
 
 
 def make_manifest(model, tokenizer, *, model_id: str | None = None, probe_suite_hash: str | None = None,
-                  candidates: Sequence[str] = ()) -> dict:
+                  candidates: Sequence[str] = (), engine=None) -> dict:
     """What a trained fingerprinter is tied to, computed from the model and tokenizer it was built with."""
     from kvfp import __version__
     from kvfp.compressors.calibration import model_fingerprint
@@ -70,6 +70,8 @@ def make_manifest(model, tokenizer, *, model_id: str | None = None, probe_suite_
         "candidates": list(candidates),
         "reference": {"scheme": REFERENCE[0], "dtype": REFERENCE[1], "attn": REFERENCE[2]},
         "noise": {"scheme": NOISE[0], "dtype": NOISE[1], "attn": NOISE[2]},
+        # the engine profile of the noise yardstick (kvfp.runner.engines); identify uses the same
+        "engine": None if engine is None else engine.describe(),
         "features_version": FEATURES_VERSION,
         "kvfp_version": __version__,
     }
@@ -114,7 +116,13 @@ class TrainedFingerprinter:
         """A :class:`~kvfp.fingerprint.reference.ReferenceRunner` simulating this classifier's candidates."""
         from kvfp.fingerprint.reference import ReferenceRunner
 
-        return ReferenceRunner(model, self.candidates, **kwargs)
+        return ReferenceRunner(model, self.candidates, engine=self.engine(), **kwargs)
+
+    def engine(self):
+        """The engine profile this classifier's noise yardstick ran under (``None``: bf16/sdpa)."""
+        from kvfp.runner.engines import profile_from_description
+
+        return profile_from_description(self.manifest.get("engine"), self.manifest.get("model_id"))
 
     def identify(self, X: np.ndarray, tier: str, *, pooled: bool = False, top: int = 5):
         """Identifications of feature rows ``(n, d)`` of ``tier`` (one pooled verdict with ``pooled``)."""

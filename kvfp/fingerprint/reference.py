@@ -6,7 +6,9 @@ forcing through the decode path, :func:`kvfp.runner.replay`):
 * the **reference** — scheme ``none`` at the reference settings (float32, eager attention);
 * the **noise yardstick** — scheme ``none`` in bfloat16 with sdpa attention: how far a benign
   serving difference moves the outputs on these very tokens. Features divide by it, so that an
-  uncompressed endpoint served in bf16, with sdpa or batched, lands where ``none`` lands;
+  uncompressed endpoint served in bf16, with sdpa or batched, lands where ``none`` lands. With an
+  engine profile (``--engine llama.cpp``) the yardstick is ``none`` under that engine's emulated
+  arithmetic instead;
 * the **candidates** — every scheme of a list (default: the canonical catalogue) at the reference
   settings: the "simulate each scheme on the same tokens" half of the fingerprint.
 
@@ -35,6 +37,8 @@ import torch
 from kvfp.compressors import canonical_names, parse_scheme
 from kvfp.errors import KvfpError
 from kvfp.fingerprint.observation import Observation
+from kvfp.paths import cache_root
+from kvfp.runner import engines
 
 REFERENCE_VERSION = 1
 REFERENCE = ("none", "float32", "eager")  # scheme, dtype, attention: the reference settings
@@ -91,7 +95,7 @@ class Reference:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("KVFP_CACHE", Path.home() / ".cache" / "kvfp")) / "replays"
+    return cache_root() / "replays"
 
 
 _code_hash: str | None = None
@@ -129,10 +133,15 @@ class ReferenceRunner:
     batch_size : observations of equal prompt and output lengths replayed together
     noise : also replay the noise yardstick (features need it; tests may switch it off)
     prompt_logprobs : also score the prompt at prefill under every scheme (the ``prompt`` tier)
+    engine : an engine profile (:mod:`kvfp.runner.engines`) that replaces the bf16/sdpa noise
+        yardstick: an endpoint served by that engine differs from the float32 reference by the
+        engine's own arithmetic, and the profile reproduces how far (not the exact digits: on
+        llama.cpp, whose activations are quantized, the last bit of any input re-draws that
+        noise, so no emulation short of bit-exact follows it step by step)
     """
 
     def __init__(self, model, candidates: Sequence[str] | None = None, *, cache_dir=_DEFAULT,
-                 batch_size: int = 8, noise: bool = True, prompt_logprobs: bool = True):
+                 batch_size: int = 8, noise: bool = True, prompt_logprobs: bool = True, engine=None):
         if isinstance(model, str):
             from kvfp.models import load
 
@@ -156,6 +165,7 @@ class ReferenceRunner:
         self.batch_size = batch_size
         self.noise = noise
         self.prompt_logprobs = prompt_logprobs
+        self.engine = engine
         self._noise_model = None
         self._model_hash = None
 
@@ -210,24 +220,30 @@ class ReferenceRunner:
 
     def _noise(self):
         if self._noise_model is None:
-            m = copy.deepcopy(self.model).to(getattr(torch, NOISE[1]))
-            m.set_attn_implementation(NOISE[2])
-            self._noise_model = m
+            if self.engine is not None:
+                self._noise_model = engines.clone(self.model, self.engine)
+            else:
+                m = copy.deepcopy(self.model).to(getattr(torch, NOISE[1]))
+                m.set_attn_implementation(NOISE[2])
+                self._noise_model = m
         return self._noise_model
 
-    def _settings(self, which: str) -> tuple[str, str]:
-        """(dtype, attention) of the reference or the noise run, known without building the latter."""
+    def _settings(self, which: str) -> tuple[str, str, dict | None]:
+        """(dtype, attention, engine) of the reference or the noise run, known without building the latter."""
+        if which == "noise" and self.engine is not None:
+            return _dtype_name(self.model), self.model.config._attn_implementation, self.engine.describe()
         if which == "noise":
-            return NOISE[1], NOISE[2]
-        return _dtype_name(self.model), self.model.config._attn_implementation
+            return NOISE[1], NOISE[2], None
+        return _dtype_name(self.model), self.model.config._attn_implementation, None
 
     def _model_for(self, which: str):
         return self._noise() if which == "noise" else self.model
 
     def _key(self, which: str, scheme: str, o: Observation) -> str:
-        dtype, attn = self._settings(which)
+        dtype, attn, engine = self._settings(which)
         blob = json.dumps({"v": REFERENCE_VERSION, "code": _source_hash(), "model": self.model_hash,
-                           "dtype": dtype, "attn": attn, "scheme": scheme, "prompt_lp": self.prompt_logprobs,
+                           "dtype": dtype, "attn": attn, "engine": engine, "scheme": scheme,
+                           "prompt_lp": self.prompt_logprobs,
                            "prompt": list(map(int, o.prompt_ids)), "output": list(map(int, o.output_ids))})
         return hashlib.sha256(blob.encode()).hexdigest()[:40]
 

@@ -106,7 +106,8 @@ def manifest_identity(data: LabelledObservations) -> dict:
 
 
 def fit_fingerprinter(data: LabelledObservations, model, tokenizer, *, tiers: Sequence[str] | None = None,
-                      candidates: Sequence[str] | None = None, runner=None, log=lambda msg: None, **params):
+                      candidates: Sequence[str] | None = None, runner=None, engine=None, log=lambda msg: None,
+                      **params):
     """Features of every observation at every tier, then one :class:`Fingerprinter` per tier.
 
     Parameters
@@ -114,7 +115,9 @@ def fit_fingerprinter(data: LabelledObservations, model, tokenizer, *, tiers: Se
     model, tokenizer : the float32 reference model the data was collected with
     tiers : default: every tier all observations support
     candidates : schemes to simulate (default: :func:`default_candidates` of the labels)
-    runner : a ready :class:`~kvfp.fingerprint.reference.ReferenceRunner` (overrides ``candidates``)
+    runner : a ready :class:`~kvfp.fingerprint.reference.ReferenceRunner` (overrides ``candidates``
+        and ``engine``)
+    engine : an engine profile for the noise yardstick (:mod:`kvfp.runner.engines`); ``None``: bf16/sdpa
     params : passed to :class:`~kvfp.fingerprint.estimators.Fingerprinter`
 
     Returns
@@ -132,13 +135,13 @@ def fit_fingerprinter(data: LabelledObservations, model, tokenizer, *, tiers: Se
                         f"{', '.join(data.tiers())}); collect with --logits for the logits tier", exit_code=2)
     if len(set(data.labels)) < 2:
         raise KvfpError(f"training needs at least two schemes; the data holds only {set(data.labels)}", exit_code=2)
-    runner = runner or ReferenceRunner(model, list(candidates or default_candidates(data.labels)))
+    runner = runner or ReferenceRunner(model, list(candidates or default_candidates(data.labels)), engine=engine)
     log(f"features of {len(data)} observations at {', '.join(tiers)} "
         f"({len(runner.candidates)} candidate schemes replayed per observation)")
     X = feature_matrix(data.observations, runner, tiers, data.probes)
     ident = manifest_identity(data)
     manifest = make_manifest(model, tokenizer, model_id=ident["model_id"], probe_suite_hash=ident["probe_suite_hash"],
-                             candidates=runner.candidates)
+                             candidates=runner.candidates, engine=runner.engine)
     labels = np.asarray(data.labels, dtype=object)
     trained = TrainedFingerprinter.fit(manifest, X, labels, groups=np.asarray(data.groups), **params)
     return trained, X

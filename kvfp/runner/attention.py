@@ -49,6 +49,13 @@ def _to_query_heads(t: torch.Tensor, n_heads: int) -> torch.Tensor:
     return t if t.shape[1] in (1, n_heads) else t.repeat_interleave(n_heads // t.shape[1], dim=1)
 
 
+def cache_types(scheme) -> tuple[str, str]:
+    """The ggml types an engine keeps K and V in under ``scheme``: its own for ``ggml-*`` schemes
+    (the storage half of a hybrid included), else the engine's default f16 cache."""
+    store = getattr(scheme, "store", scheme)
+    return getattr(store, "k_type", "F16").upper(), getattr(store, "v_type", "F16").upper()
+
+
 def kvfp_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     cache = kwargs.pop("kvfp_cache", None)
     if cache is None:
@@ -66,7 +73,8 @@ def kvfp_attention_forward(module, query, key, value, attention_mask, scaling=No
     if scaling is None:
         scaling = query.shape[-1] ** -0.5
 
-    if cache.base_attn == "sdpa" and not layer.wants_scores and bias is None:
+    engine = getattr(module, "kvfp_engine", None)  # an engine profile (kvfp.runner.engines) does its own arithmetic
+    if engine is None and cache.base_attn == "sdpa" and not layer.wants_scores and bias is None:
         mask = None if _is_plain_causal(allowed) else allowed
         return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling, **kwargs)
 
@@ -74,7 +82,10 @@ def kvfp_attention_forward(module, query, key, value, attention_mask, scaling=No
     if bias is not None:
         additive = additive + _to_query_heads(bias[:, :, None, :], n_heads).to(query.dtype)
     additive = additive.masked_fill(~allowed, torch.finfo(query.dtype).min)
-    out, probs = eager_attention(module, query, key, value, additive, scaling, dropout)
+    if engine is not None:
+        out, probs = engine.attention(query, key, value, additive, scaling, *cache_types(cache.scheme))
+    else:
+        out, probs = eager_attention(module, query, key, value, additive, scaling, dropout)
     if layer.wants_scores:
         layer.observe(probs)
     return out, probs
