@@ -136,3 +136,53 @@ def test_weight_types_of_the_smollm2_gguf():
     assert types["model.layers.29.mlp.down_proj"] == "Q4_1"
     assert types["lm_head"] == "Q8_0"  # tied to the Q8_0 token embedding
     assert len(types) == 30 * 7 + 1
+
+
+def test_collect_train_identify_under_the_llama_cpp_profile(tiny, heldout_ids, tmp_path, monkeypatch):
+    """--engine is recorded by collect, taken up by train as the noise yardstick, kept in the
+    classifier's manifest and replayed again by identify."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from kvfp.cli.app import app
+    from kvfp.probes import write_suite
+    from tests.test_datasets import tiny_suite
+
+    monkeypatch.setenv("KVFP_CACHE", str(tmp_path / "cache"))
+    _, tok = tiny
+    cli = CliRunner()
+    suite = write_suite(tmp_path / "probes.jsonl", tiny_suite(tok, heldout_ids, lengths=(64, 64, 64)))
+    out = tmp_path / "data"
+    r = cli.invoke(app, ["collect", "--model", "kvfp-tiny", "--probes", str(suite), "--out", str(out),
+                         "--new-tokens", "6", "-s", "none", "-s", "ggml-q4_0", "--engine", "llama.cpp",
+                         "--attn", "eager"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["settings"]["engine"] == "llama.cpp" and manifest["settings"]["flash_attn"] is False
+    clf = tmp_path / "clf"
+    r = cli.invoke(app, ["train", "--data", str(out), "--out", str(clf), "--tier", "topk-20"])
+    assert r.exit_code == 0, r.output
+    stored = json.loads(next(clf.glob("*.json")).read_text())
+    engine = stored.get("engine") or stored.get("manifest", {}).get("engine")
+    assert engine["engine"] == "llama.cpp" and engine["flash_attn"] is False
+    log = tmp_path / "log.jsonl"
+    r = cli.invoke(app, ["export", str(out), "--format", "openai-chat", "--scheme", "ggml-q4_0", "--out", str(log)])
+    assert r.exit_code == 0, r.output
+    r = cli.invoke(app, ["identify", str(log), "--model", "kvfp-tiny", "--classifier", str(clf), "--probes",
+                         str(suite), "--json"])
+    assert r.exit_code == 0, r.output
+    assert "llama.cpp noise yardstick" in r.output
+
+
+def test_flash_attn_without_an_engine_is_refused(tmp_path):
+    from typer.testing import CliRunner
+
+    from kvfp.cli.app import app
+
+    r = CliRunner().invoke(app, ["collect", "--model", "kvfp-tiny", "-s", "none", "--out", str(tmp_path / "x"),
+                                 "--flash-attn"])
+    assert r.exit_code == 2 and "--engine" in r.output
+    r = CliRunner().invoke(app, ["collect", "--model", "kvfp-tiny", "-s", "none", "--out", str(tmp_path / "y"),
+                                 "--engine", "vllm"])
+    assert r.exit_code == 2 and "unknown engine" in r.output
