@@ -18,9 +18,7 @@ def data_engine(manifests: list[dict], chosen: str | None) -> str:
     """The engine profile to train under: ``chosen``, else the one every dataset was collected under."""
     seen = sorted({m.get("settings", {}).get("engine", "transformers") for m in manifests})
     if chosen is not None:
-        if chosen not in engines.ENGINES:
-            raise KvfpError(f"unknown engine {chosen!r}; choose one of {', '.join(engines.ENGINES)}", exit_code=2)
-        return chosen
+        return engines.check_engine(chosen)
     if len(seen) > 1:
         raise KvfpError(f"the datasets were collected under different engines ({', '.join(seen)}); "
                         "choose the replays' with --engine", exit_code=2)

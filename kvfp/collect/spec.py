@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kvfp.errors import KvfpError
+from kvfp.runner.engines import check_engine
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,7 @@ class CollectSpec:
                 continue
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise KvfpError(f"--{name.replace('_', '-')} must be a positive integer", exit_code=2)
-        from kvfp.runner.engines import ENGINES
-
-        if self.engine not in ENGINES:
-            raise KvfpError(f"unknown engine {self.engine!r}; choose one of {', '.join(ENGINES)}", exit_code=2)
+        check_engine(self.engine)
         if self.flash_attn and self.engine == "transformers":
             raise KvfpError("--flash-attn selects an engine profile's kernel; pass --engine too", exit_code=2)
         if not self.schemes:

@@ -19,6 +19,13 @@ from kvfp.runner.engines.llamacpp import LlamaCppProfile
 ENGINES = ("transformers", "llama.cpp")
 
 
+def check_engine(name: str) -> str:
+    """``name`` if it is an engine kvfp knows, else :class:`UnknownNameError` (exit code 2)."""
+    if name not in ENGINES:
+        raise UnknownNameError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+    return name
+
+
 def make_profile(name: str, *, gguf: str | Path | None = None, flash_attn: bool = False):
     """The profile called ``name`` (``None`` for ``transformers``).
 
@@ -27,8 +34,7 @@ def make_profile(name: str, *, gguf: str | Path | None = None, flash_attn: bool 
     """
     if name in (None, "", "transformers"):
         return None
-    if name != "llama.cpp":
-        raise UnknownNameError(f"unknown engine {name!r}; choose one of {', '.join(ENGINES)}")
+    check_engine(name)
     return LlamaCppProfile(weight_types=weight_types_from_gguf(gguf) if gguf else {}, flash_attn=flash_attn)
 
 
@@ -91,5 +97,5 @@ def profile_from_description(desc: dict | None, model_name: str | None):
     return for_model(model_name, desc["engine"], flash_attn=bool(desc.get("flash_attn")), parts=desc.get("parts"))
 
 
-__all__ = ["ENGINES", "LlamaCppProfile", "clone", "for_model", "install", "make_profile", "profile_from_description",
-           "profile_of", "remove", "weight_types_from_gguf"]
+__all__ = ["ENGINES", "LlamaCppProfile", "check_engine", "clone", "for_model", "install", "make_profile",
+           "profile_from_description", "profile_of", "remove", "weight_types_from_gguf"]
