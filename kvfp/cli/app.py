@@ -7,7 +7,9 @@ from kvfp.cli.collect import collect
 from kvfp.cli.evaluate import evaluate
 from kvfp.cli.export import export
 from kvfp.cli.identify import identify
+from kvfp.cli.query import query
 from kvfp.cli.schemes import schemes
+from kvfp.cli.serve import serve
 from kvfp.cli.train import train
 from kvfp.cli.version import version
 
@@ -25,6 +27,8 @@ app.command()(schemes)
 app.command()(evaluate)
 app.command()(train)
 app.command()(identify)
+app.command()(serve)
+app.command()(query)
 app.add_typer(models.app, name="models")
 app.add_typer(probes.app, name="probes")
 

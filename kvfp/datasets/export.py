@@ -22,6 +22,7 @@ from pathlib import Path
 
 from kvfp.datasets.atomic import publish_new
 from kvfp.datasets.dataset import Dataset
+from kvfp.datasets.openai_shapes import chat_content, completions_logprobs, vllm_prompt_logprobs
 from kvfp.datasets.tokens import TokenText
 from kvfp.errors import KvfpError, UnknownNameError
 from kvfp.runner.trace import Trace
@@ -52,27 +53,12 @@ def _vllm_prompt_logprobs(trace: Trace, tt: TokenText) -> list:
     if trace.prompt_logprobs is None:
         raise KvfpError("this dataset's traces hold no prompt logprobs (collected with --no-prompt-logprobs); "
                         "export without --with-prompt-logprobs", exit_code=2)
-    out: list = [None]
-    for tid, lp in zip(trace.prompt_ids[1:], trace.prompt_logprobs[1:]):
-        out.append({str(tid): {"logprob": lp, "decoded_token": tt.text(tid)}})
-    return out
+    return vllm_prompt_logprobs(tt, trace.prompt_ids, trace.prompt_logprobs)
 
 
 def completions_record(trace: Trace, suite_hash: str, model: str, tt: TokenText, prompt_lp: bool) -> dict:
-    tokens = [tt.text(i) for i in trace.output_ids]
-    top = []
-    for ids, lps in zip(trace.topk_ids, trace.topk_logprobs):
-        row: dict[str, float] = {}
-        for i, lp in zip(ids, lps):
-            row.setdefault(tt.text(i), lp)  # ids that decode alike collide; the likelier one stays
-        top.append(row)
-    offsets, at = [], 0
-    for s in tokens:
-        offsets.append(at)
-        at += len(s)
-    choice = {"index": 0, "text": tt.tokenizer.decode(trace.output_ids), "finish_reason": "length",
-              "logprobs": {"tokens": tokens, "token_logprobs": list(trace.token_logprobs), "top_logprobs": top,
-                           "text_offset": offsets}}
+    lp = completions_logprobs(tt, trace.output_ids, trace.token_logprobs, trace.topk_ids, trace.topk_logprobs)
+    choice = {"index": 0, "text": tt.tokenizer.decode(trace.output_ids), "finish_reason": "length", "logprobs": lp}
     if prompt_lp:
         choice["prompt_logprobs"] = _vllm_prompt_logprobs(trace, tt)
     return {"id": _response_id("cmpl", trace, suite_hash), "object": "text_completion", "model": model,
@@ -80,11 +66,7 @@ def completions_record(trace: Trace, suite_hash: str, model: str, tt: TokenText,
 
 
 def chat_record(trace: Trace, suite_hash: str, model: str, tt: TokenText, prompt_lp: bool) -> dict:
-    def entry(i: int, lp: float) -> dict:
-        return {"token": tt.text(i), "logprob": lp, "bytes": tt.bytes(i)}
-
-    content = [{**entry(i, lp), "top_logprobs": [entry(j, lq) for j, lq in zip(ids, lps)]}
-               for i, lp, ids, lps in zip(trace.output_ids, trace.token_logprobs, trace.topk_ids, trace.topk_logprobs)]
+    content = chat_content(tt, trace.output_ids, trace.token_logprobs, trace.topk_ids, trace.topk_logprobs)
     rec = {"id": _response_id("chatcmpl", trace, suite_hash), "object": "chat.completion", "model": model,
            "choices": [{"index": 0, "message": {"role": "assistant", "content": tt.tokenizer.decode(trace.output_ids)},
                         "finish_reason": "length", "logprobs": {"content": content}}]}

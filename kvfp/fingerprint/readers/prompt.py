@@ -7,7 +7,7 @@ An endpoint's response does not contain its prompt, so each line names it in a `
 
 from __future__ import annotations
 
-from kvfp.fingerprint.readers.fields import Line, as_dict, as_float, as_ids, as_list, as_logprob, as_str
+from kvfp.fingerprint.readers.fields import Line, as_dict, as_float, as_ids, as_int, as_list, as_logprob, as_str
 from kvfp.fingerprint.readers.raw import RawChoice
 from kvfp.probes import ProbeSuite
 
@@ -27,6 +27,11 @@ def read_kvfp_block(line: Line, rec: dict, vocab: int) -> dict:
     for key in ("probe_id", "suite_hash"):
         if block.get(key) is not None:
             as_str(line, block[key], f"kvfp.{key}")
+    if block.get("echo") is not None:
+        n = as_int(line, block["echo"], "kvfp.echo")
+        if n < 1 or block.get("prompt_ids") is None or n != len(block["prompt_ids"]):
+            raise line.error("kvfp.echo", f"{n} echoed prompt tokens, but kvfp.prompt_ids holds "
+                                          f"{len(block.get('prompt_ids') or [])}: they must agree")
     return block
 
 
