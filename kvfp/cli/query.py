@@ -38,6 +38,10 @@ def query(
     prompt_mode: Annotated[str, typer.Option(help="completions: auto (token ids, else text), ids, or text.")] = "auto",
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", help="Ask the server to generate past end of "
                                                                   "sequence (vLLM's ignore_eos).")] = False,
+    echo: Annotated[bool, typer.Option("--echo", help="Text prompts: read the prompt ids the server used back "
+                                                      "through echo (costly on some servers).")] = False,
+    extra_body: Annotated[str | None, typer.Option(help="JSON object merged into every request, for a server's own "
+                                                        "fields, e.g. '{\"repeat_penalty\": 1.0}'.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -56,13 +60,23 @@ def query(
         TimeRemainingColumn,
     )
 
+    from kvfp.errors import KvfpError
     from kvfp.query import QuerySpec
     from kvfp.query import query as run
 
+    extra = None
+    if extra_body is not None:
+        try:
+            extra = json.loads(extra_body)
+        except ValueError as e:
+            raise KvfpError(f"--extra-body is not valid JSON ({e})", exit_code=2) from None
+        if not isinstance(extra, dict):
+            raise KvfpError("--extra-body must be a JSON object", exit_code=2)
     spec = QuerySpec(url=url, model_name=model_name, out=out, probes=probes, api=api, top_logprobs=top_logprobs,
                      max_tokens=max_tokens, concurrency=concurrency, timeout=timeout, retries=retries,
                      api_key_env=api_key_env, prompt_logprobs=prompt_logprobs, tokenizer_model=tokenizer_model,
-                     prompt_mode=prompt_mode, ignore_eos=ignore_eos)
+                     prompt_mode=prompt_mode, ignore_eos=ignore_eos, echo=echo,
+                     extra_body=extra)
     bar = Progress(TextColumn("querying"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
                    disable=quiet, transient=False)
@@ -84,7 +98,8 @@ def query(
     s = summary
     t = Table(title=f"{out}: {s.answered_before + s.answered_now} of {s.probes} probes answered "
                     f"({s.answered_now} now)", show_header=False)
-    t.add_row("prompts sent as", {"ids": "token ids", "text": "text (ids read back through echo)",
+    text = "text" + (" (ids read back through echo)" if echo else "")
+    t.add_row("prompts sent as", {"ids": "token ids", "text": text,
                                   "chat": "chat messages (template applied by the server)"}.get(s.prompt_mode, "—"))
     if s.token_id_prompts is not None:
         t.add_row("token-id prompts", "accepted" if s.token_id_prompts else "refused")

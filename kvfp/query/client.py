@@ -74,10 +74,11 @@ class Client:
     def get(self, path: str) -> dict:
         return self._send("GET", path, None)
 
-    def post(self, path: str, body: dict) -> dict:
-        return self._send("POST", path, body)
+    def post(self, path: str, body: dict, retries: int | None = None) -> dict:
+        return self._send("POST", path, body, self.retries if retries is None else retries)
 
-    def _send(self, method: str, path: str, body: dict | None) -> dict:
+    def _send(self, method: str, path: str, body: dict | None, retries: int | None = None) -> dict:
+        retries = self.retries if retries is None else retries
         attempt = 0
         while True:
             wait = None
@@ -105,7 +106,7 @@ class Client:
                                         retryable=True)
             except httpx.TransportError as e:
                 failure = RequestFailed(f"connection failed ({type(e).__name__}: {e})", retryable=True)
-            if attempt >= self.retries:
+            if attempt >= retries:
                 raise RequestFailed(f"{failure} (after {attempt} retr{'y' if attempt == 1 else 'ies'})",
                                     failure.status, failure.body, retryable=True)
             attempt += 1

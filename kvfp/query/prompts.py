@@ -30,6 +30,11 @@ class PromptText:
         body = ids[len(self.prefix_ids):] if self.prefix_ids and ids[: len(self.prefix_ids)] == self.prefix_ids else ids
         return self.tokenizer.decode(body)
 
+    def encode(self, text: str) -> list[int]:
+        """The text as the model's tokenizer segments it, special tokens added its own way: what a
+        server running the same tokenizer feeds the model."""
+        return [int(i) for i in self.tokenizer(text)["input_ids"]]
+
     def chat_ids(self, ids: list[int]) -> list[int]:
         """The chat template applied to the probe as one user message, the assistant's turn opened."""
         if not getattr(self.tokenizer, "chat_template", None):

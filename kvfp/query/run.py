@@ -81,15 +81,16 @@ class _Asker:
         """``auto``: send the first probe as token ids; a server that refuses them gets text."""
         if self.mode != "auto":
             return
-        try:
-            self.client.post("/completions", {**completion_body(self.spec, probe.ids, False), "max_tokens": 1})
+        try:  # no retries: some servers answer a prompt type they do not take with a 500 (llama-cpp-python)
+            self.client.post("/completions", {**completion_body(self.spec, probe.ids, False), "max_tokens": 1},
+                             retries=0)
             self.mode, self.summary.token_id_prompts = "ids", True
         except RequestFailed as e:
-            if e.retryable:
-                raise
             self.mode, self.summary.token_id_prompts = "text", False
-            self.summary.notes.append(f"the server refused a token-id prompt ({e}); probes are sent as text and "
-                                      f"the prompt ids it used are read back through echo")
+            how = "read back through echo" if self.spec.echo else "the model's tokenizer's segmentation of the text, " \
+                "checked against the server's usage count (--echo reads them back instead)"
+            self.summary.notes.append(f"the server did not take a token-id prompt ({str(e)[:200]}); probes are sent as "
+                                      f"text and the prompt ids are {how}")
 
     def ask(self, probe) -> tuple[dict, Seen]:
         spec = self.spec
@@ -107,6 +108,14 @@ class _Asker:
             seen = check_completion(spec, resp, echo=False)
             check = "sent-as-ids"
             block.update(prompt_ids=list(probe.ids))
+        elif not spec.echo:
+            text = self.pt.text(probe.ids)
+            resp = self.client.post("/completions", completion_body(spec, text, False))
+            seen = check_completion(spec, resp, echo=False)
+            ids = self.pt.encode(text)
+            check = ("usage-count-unreported" if seen.prompt_tokens is None else
+                     "tokenizer-count-matches" if seen.prompt_tokens == len(ids) else "tokenizer-count-differs")
+            block.update(prompt_ids=ids, prompt="text-tokenized")
         else:
             text = self.pt.text(probe.ids)
             resp = self.client.post("/completions", completion_body(spec, text, True))
@@ -131,6 +140,29 @@ class _Asker:
         if self.spec.prompt_logprobs or self.mode == "text":
             s.prompt_logprobs = bool(s.prompt_logprobs or seen.prompt_logprobs)
         s.prompt_checks[check] = s.prompt_checks.get(check, 0) + 1
+
+
+_CHECK_NOTES = {
+    "tokenizer-count-differs": "the server counted another number of prompt tokens than the tokenizer makes of the "
+                               "text: it does not run this tokenizer (check --tokenizer-model), or adds tokens of its "
+                               "own; the prompt ids in the log may be wrong",
+    "chat-template-count-differs": "the server's prompt has another length than the chat template applied here: it "
+                                   "applies another template; the prompt ids in the log may be wrong",
+    "usage-count-unreported": "the server reports no usage count, so the prompt ids sent as text could not be "
+                              "checked (--echo reads them back where the server supports it)",
+    "echo-differs-from-probe": "the server tokenized some probes otherwise than their ids (BPE merges across the "
+                               "probe's seams); the log holds the ids it really used, and identify replays those",
+}
+
+
+def _check_notes(summary: Summary) -> None:
+    for check, n in sorted(summary.prompt_checks.items()):
+        for key, text in _CHECK_NOTES.items():
+            if check.startswith(key):
+                summary.notes.append(f"{n} probe(s): {text}")
+        if check.endswith("-ambiguous"):
+            summary.notes.append(f"{n} probe(s): echoed tokens that several ids share could not all be pinned "
+                                 f"down by the text; the lowest ids were taken")
 
 
 def query(spec: QuerySpec, *, progress: Callable[[int, int], None] | None = None,
@@ -199,6 +231,7 @@ def query(spec: QuerySpec, *, progress: Callable[[int, int], None] | None = None
                 left = len(todo) - done
                 raise KvfpError(f"{failure}\n{done} probe(s) logged in this run, {left} left; fix the cause and run "
                                 f"the same command again to resume")
+        _check_notes(summary)
     finally:
         summary.retries = client.stats.retries
         client.close()

@@ -25,7 +25,7 @@ def completion_body(spec: QuerySpec, prompt, echo: bool) -> dict:
         body["prompt_logprobs"] = 1  # vLLM: the prompt token's own logprob, plus its best alternative
     if spec.ignore_eos:
         body["ignore_eos"] = True
-    return body
+    return {**body, **(spec.extra_body or {})}
 
 
 def chat_body(spec: QuerySpec, text: str) -> dict:
@@ -36,7 +36,7 @@ def chat_body(spec: QuerySpec, text: str) -> dict:
         body["prompt_logprobs"] = 1
     if spec.ignore_eos:
         body["ignore_eos"] = True
-    return body
+    return {**body, **(spec.extra_body or {})}
 
 
 @dataclass

@@ -26,6 +26,8 @@ class QuerySpec:
     tokenizer_model: str | None = None  # kvfp model whose tokenizer the server uses; default: model_name
     prompt_mode: str = "auto"  # completions: token-id prompts, text prompts, or try ids then fall back
     ignore_eos: bool = False  # vLLM's extension: keep generating past end-of-sequence
+    echo: bool = False  # text prompts: read the prompt ids the server used back through echo
+    extra_body: dict | None = None  # server-specific fields merged into every request
     seed: int = 0
 
     @property
@@ -37,4 +39,4 @@ class QuerySpec:
         """What must stay the same for a log to be resumed (no URL: a restarted server may move)."""
         return {"api": self.api, "model": self.model_name, "top_logprobs": self.top_logprobs,
                 "max_tokens": self.max_tokens, "prompt_logprobs": self.prompt_logprobs,
-                "ignore_eos": self.ignore_eos}
+                "ignore_eos": self.ignore_eos, "extra_body": self.extra_body or {}}

@@ -58,11 +58,12 @@ def identify(log, clf, suite):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["ids", "text"])
+@pytest.mark.parametrize("mode", ["ids", "text", "echo"])
 def test_query_then_identify_names_the_served_scheme(live, mode):
     tmp, clf, suite, server = live
     log = tmp / f"log-{mode}.jsonl"
-    r = kvfp_query(server.url, log, suite, "--prompt-mode", mode)
+    args = ["--prompt-mode", "text", "--echo"] if mode == "echo" else ["--prompt-mode", mode]
+    r = kvfp_query(server.url, log, suite, *args)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["answered_now"] == 3 and summary["top_logprobs_max"] == 20
@@ -75,8 +76,11 @@ def test_query_then_identify_names_the_served_scheme(live, mode):
         assert x["object"] == "text_completion" and x["kvfp"]["query"]["top_logprobs"] == 20
         if mode == "ids":
             assert x["kvfp"]["prompt_ids"] == probes[x["kvfp"]["probe_id"]].ids
-        else:  # the ids the server's tokenizer made of the text, read back through echo
+        elif mode == "echo":  # the ids the server's tokenizer made of the text, read back through echo
             assert x["kvfp"]["echo"] == len(x["kvfp"]["prompt_ids"])
+        else:  # the tokenizer's own segmentation of the text sent, its length the server's usage count
+            assert x["kvfp"]["prompt_check"] == "tokenizer-count-matches"
+            assert x["usage"]["prompt_tokens"] == len(x["kvfp"]["prompt_ids"])
     rep = identify(log, clf, suite if mode == "ids" else None) if mode == "ids" else _identify_no_suite(log, clf)
     assert rep["tier"] == "topk-20" and rep["scored_tokens"] == 24
     assert rep["pooled"]["compressed"] and rep["pooled"]["schemes"][0][0] == SERVED
