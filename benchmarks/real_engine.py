@@ -116,6 +116,62 @@ def run_engine(llama_cpp, gguf: Path, setting: str, suite, new_tokens: int, out:
     os.replace(tmp, out)
 
 
+def run_server(llama_cpp, gguf: Path, setting: str, suite_path: Path, suite, new_tokens: int, out: Path,
+               threads: int) -> dict:
+    """The whole user path: llama-cpp-python's own OpenAI-compatible server under one cache setting, on
+    a loopback port, asked by ``kvfp query`` over HTTP. Returns what ``kvfp query`` reported."""
+    import httpx
+
+    summary = out.with_suffix(".query.json")
+    if out.is_file() and summary.is_file():
+        return json.loads(summary.read_text())
+    types = {"f16": llama_cpp.GGML_TYPE_F16, "q8_0": llama_cpp.GGML_TYPE_Q8_0, "q4_0": llama_cpp.GGML_TYPE_Q4_0,
+             "q4_1": llama_cpp.GGML_TYPE_Q4_1, "q5_0": llama_cpp.GGML_TYPE_Q5_0, "q5_1": llama_cpp.GGML_TYPE_Q5_1,
+             "iq4_nl": llama_cpp.GGML_TYPE_IQ4_NL}
+    k, v, fa = SETTINGS[setting]
+    port = _free_port()
+    n_ctx = max(p.n_tokens for p in suite.probes) + new_tokens + 64
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", MODEL,
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--type_k", str(types[k]),
+           "--type_v", str(types[v]), "--flash_attn", str(fa), "--n_threads", str(threads),
+           "--n_threads_batch", str(threads), "--verbose", "False"]
+    log = open(out.with_suffix(".server.log"), "w")
+    server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            if server.poll() is not None:
+                raise SystemExit(f"llama_cpp.server exited ({server.returncode}); see {log.name}")
+            try:
+                if httpx.get(url + "/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        # repeat_penalty 1.0: llama-cpp-python's default 1.1 would pick tokens other than the argmax
+        # (the logprobs it reports are the model's own either way; kvfp replays whatever was chosen)
+        res = subprocess.run([sys.executable, "-m", "kvfp", "query", "--url", url, "--model-name", MODEL,
+                              "--tokenizer-model", MODEL, "--probes", str(suite_path), "--out", str(out),
+                              "--max-tokens", str(new_tokens), "--top-logprobs", "20", "--quiet", "--json",
+                              "--extra-body", json.dumps({"repeat_penalty": 1.0})],
+                             capture_output=True, text=True)
+        if res.returncode != 0:
+            raise SystemExit(f"kvfp query failed against llama.cpp ({setting}):\n{res.stderr}")
+        summary.write_text(res.stdout)
+        return json.loads(res.stdout)
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def top20_distance(log: Path, replays: list[np.ndarray]) -> float:
     """Mean |Δ| between a log's top-20 logprobs and replayed logits, each step's constant removed."""
     out = []
@@ -189,8 +245,12 @@ def identify_all(logs: dict[str, Path], clf: Path, suite_path: Path) -> dict:
     tier = "topk-20"
     out = {}
     for setting, log in logs.items():
-        obs = load_observations(log, tok, suite=suite)
-        X = feature_matrix(obs, runner, [tier], suite.by_id())[tier]
+        # the log's own prompt ids: a server fed text may have tokenized a probe otherwise than its ids, and
+        # span profiles only apply where it did not
+        obs = load_observations(log, tok)
+        probes = {o.probe_id: suite.by_id()[o.probe_id] for o in obs
+                  if o.probe_id in suite.by_id() and suite.by_id()[o.probe_id].ids == o.prompt_ids}
+        X = feature_matrix(obs, runner, [tier], probes)[tier]
         pooled = trained.identify(X, tier, pooled=True).to_dict()
         tokens = np.cumsum([o.steps for o in obs])
         needed = None
@@ -214,6 +274,9 @@ def main() -> None:
     ap.add_argument("--test-seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--skip-emulation", action="store_true", help="skip the emulation-fidelity table")
+    ap.add_argument("--path", choices=("server", "in-process"), default="server",
+                    help="server: llama-cpp-python's OpenAI server asked by `kvfp query` over HTTP (the user's "
+                         "path); in-process: the engine's logits read directly, top-20 keyed by token id")
     args = ap.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # a spinning OpenMP pool costs up to 12x when shared
     llama_cpp = need_llama_cpp()
@@ -257,12 +320,22 @@ def main() -> None:
     print(f"[{time.perf_counter() - t0:.0f}s] classifier ready", flush=True)
 
     # 2. the real engine
-    logs = {}
+    logs, served = {}, {}
     for setting in SETTINGS:
-        logs[setting] = work / f"llama.cpp-{setting}.jsonl"
-        run_engine(llama_cpp, gguf, setting, suite, args.new_tokens, logs[setting], args.threads)
+        if args.path == "server":
+            logs[setting] = work / f"llama.cpp-server-{setting}.jsonl"
+            served[setting] = run_server(llama_cpp, gguf, setting, test_suite, suite, args.new_tokens, logs[setting],
+                                         args.threads)
+        else:
+            logs[setting] = work / f"llama.cpp-{setting}.jsonl"
+            run_engine(llama_cpp, gguf, setting, suite, args.new_tokens, logs[setting], args.threads)
     print(f"[{time.perf_counter() - t0:.0f}s] llama.cpp answered {len(suite.probes)} probes under "
-          f"{len(SETTINGS)} settings", flush=True)
+          f"{len(SETTINGS)} settings ({args.path})", flush=True)
+    for setting, s in served.items():
+        ids = "accepted" if s["token_id_prompts"] else "refused"
+        print(f"  {setting:14s} prompts as {s['prompt_mode']} (token ids {ids}), "
+              f"top-k up to {s['top_logprobs_max']}, {s['short_steps']} of {s['steps']} steps with fewer entries, "
+              f"prompt check {json.dumps(s['prompt_checks'])}, retries {s['retries']}")
 
     if not args.skip_emulation:
         print("\nkvfp's replay against llama.cpp's own f16 top-20 logprobs (mean |Δ|, each step's constant "

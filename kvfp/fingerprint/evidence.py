@@ -15,7 +15,7 @@ import numpy as np
 from kvfp.fingerprint.features.common import kl, logsoftmax
 from kvfp.fingerprint.features.prompt import delta
 from kvfp.fingerprint.features.tokens import margins
-from kvfp.fingerprint.features.topk import departure, support
+from kvfp.fingerprint.features.topk import departure, row_rms, support
 from kvfp.fingerprint.observation import Observation, topk_of
 
 MEASURES = {
@@ -37,8 +37,8 @@ def per_position(obs: Observation, ref_lr: np.ndarray, ref_plp, tier: str) -> tu
         return steps, kl(ref_lr, logsoftmax(o.logits))
     k = topk_of(tier)
     if k is not None:
-        ids, lps = support(o, k)
-        return steps, np.sqrt((departure(lps, ref_lr, ids) ** 2).mean(-1))
+        sup = support(o, k)
+        return steps, row_rms(sup, departure(sup, ref_lr))
     if tier == "prompt":
         pos, d = delta(o.prompt_logprobs, ref_plp)
         return pos, np.abs(d)

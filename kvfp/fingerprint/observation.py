@@ -56,12 +56,26 @@ class Observation:
     def steps(self) -> int:
         return len(self.output_ids)
 
+    def topk_depth(self) -> int:
+        """The ``k`` the top-k lists stand for (0 without them).
+
+        The shortest row, unless the reader marked the lists ``meta["topk_partial"]``: the server
+        was asked for ``meta["topk_k"]`` entries and returned fewer at some steps only because it
+        merged ids whose strings collide, which the reader dropped. Such rows are partial evidence
+        of a top-``topk_k`` list (see :mod:`kvfp.fingerprint.features.topk`), not a shorter list.
+        """
+        if self.topk_ids is None:
+            return 0
+        if self.meta.get("topk_partial"):
+            return int(self.meta.get("topk_k", max((len(r) for r in self.topk_ids), default=0)))
+        return min((len(r) for r in self.topk_ids), default=0)
+
     def tiers(self) -> list[str]:
         """Tiers this observation supports, most informative first."""
         out = []
         if self.logits is not None:
             out.append("logits")
-        k = min((len(r) for r in self.topk_ids), default=0) if self.topk_ids is not None else 0
+        k = self.topk_depth()
         if self.logits is not None or k >= 20:
             out.append("topk-20")
         if self.logits is not None or k >= 5:
@@ -75,8 +89,8 @@ class Observation:
         """A copy holding only what an endpoint of ``tier`` returns.
 
         Top-k tiers keep the ``k`` best entries (derived from the logits when the observation
-        has them) and the chosen token's logprob; ``prompt`` keeps prompt logprobs and tokens;
-        ``tokens`` keeps ids only.
+        has them; of partial lists, those certainly among the ``k`` best) and the chosen token's
+        logprob; ``prompt`` keeps prompt logprobs and tokens; ``tokens`` keeps ids only.
         """
         if tier not in TIERS:
             raise ValueError(f"unknown tier {tier!r}; tiers are {', '.join(TIERS)}")
@@ -95,9 +109,30 @@ class Observation:
         if self.logits is not None and (self.topk_ids is None or min(map(len, self.topk_ids)) < k):
             ids, lps = _topk_from_logits(self.logits, k)
             chosen = _logsoftmax(self.logits)[np.arange(self.steps), self.output_ids].tolist()
+            if bare.meta.get("topk_partial"):  # the lists now come whole from the logits
+                bare.meta["topk_k"] = k
             return replace(bare, topk_ids=ids, topk_logprobs=lps, token_logprobs=chosen)
-        return replace(bare, token_logprobs=self.token_logprobs, topk_ids=[r[:k] for r in self.topk_ids],
-                       topk_logprobs=[r[:k] for r in self.topk_logprobs])
+        cut = self._topk_cut(k)
+        if bare.meta.get("topk_partial"):  # the lists cut to k stand for a top-k, no longer
+            bare.meta["topk_k"] = min(self.topk_depth(), k)
+        return replace(bare, token_logprobs=self.token_logprobs,
+                       topk_ids=[r[:n] for r, n in zip(self.topk_ids, cut)],
+                       topk_logprobs=[r[:n] for r, n in zip(self.topk_logprobs, cut)])
+
+    def _topk_cut(self, k: int) -> list[int]:
+        """How many entries of each row a top-``k`` endpoint would have returned for certain.
+
+        ``k`` for full lists. In a partial row each missing entry could have ranked anywhere above
+        the ones after it, so the entry at position ``j`` of a row missing ``g`` ranks has rank
+        ``j`` to ``j + g``: only the first ``k - g`` are certainly in the top-``k`` (the first
+        always, rows being most likely first). Keeping ``r[:k]`` instead would hand a top-``k``
+        tier entries of rank ``k`` or more, which such an endpoint never returns and which the
+        reference's own top-``k`` would count as misses.
+        """
+        if not self.meta.get("topk_partial"):
+            return [k] * len(self.topk_ids)
+        depth = self.topk_depth()
+        return [min(k, max(1, k - max(depth - len(r), 0))) for r in self.topk_ids]
 
 
 def _logsoftmax(logits: np.ndarray) -> np.ndarray:

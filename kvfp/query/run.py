@@ -28,6 +28,7 @@ class Summary:
     prompt_logprobs: bool | None = None
     prompt_checks: dict = field(default_factory=dict)
     retries: int = 0
+    over_max_tokens: int = 0  # responses that went past max_tokens
     torn_tail_bytes: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -140,6 +141,7 @@ class _Asker:
         if self.spec.prompt_logprobs or self.mode == "text":
             s.prompt_logprobs = bool(s.prompt_logprobs or seen.prompt_logprobs)
         s.prompt_checks[check] = s.prompt_checks.get(check, 0) + 1
+        s.over_max_tokens += seen.over_max > 0
 
 
 _CHECK_NOTES = {
@@ -156,6 +158,9 @@ _CHECK_NOTES = {
 
 
 def _check_notes(summary: Summary) -> None:
+    if summary.over_max_tokens:
+        summary.notes.append(f"{summary.over_max_tokens} response(s) held more tokens than max_tokens (the server "
+                             f"finishing a character split over several tokens); all of them are logged")
     for check, n in sorted(summary.prompt_checks.items()):
         for key, text in _CHECK_NOTES.items():
             if check.startswith(key):

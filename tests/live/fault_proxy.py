@@ -6,7 +6,8 @@ injects one kind of fault. Run as a script (its own process, its own loopback po
 Modes: ``ok``; ``429`` (every other request answered 429 with Retry-After: 1); ``stall`` (the
 second request waits 6 s before answering); ``badjson`` (the second request gets a 200 whose body is
 not JSON); ``fewer-topk`` (every top-k list cut to 5 entries); ``short-step`` (one chat step's list
-cut by one); ``die-after-N`` (the process exits after N answered requests, as a crashed server).
+cut by one); ``auth`` (401 unless ``Authorization: Bearer kvfp-test-secret``);
+``die-after-N`` (the process exits after N answered requests, as a crashed server).
 """
 
 from __future__ import annotations
@@ -59,6 +60,8 @@ class Handler(BaseHTTPRequestHandler):
             count += method == "POST"
             n = count
         data = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if method == "POST" else None
+        if MODE == "auth" and method == "POST" and self.headers.get("Authorization") != "Bearer kvfp-test-secret":
+            return self._send(401, b'{"error": {"message": "invalid api key"}}')
         if MODE == "429" and n % 2 == 1:
             return self._send(429, b'{"error": {"message": "slow down"}}', {"Retry-After": "1"})
         if MODE == "stall" and n == 2:

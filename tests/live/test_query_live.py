@@ -2,6 +2,7 @@
 (directly and through a misbehaving proxy), then `kvfp identify` on the log it wrote."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -39,11 +40,12 @@ def live(tiny, heldout_ids, tmp_path_factory):
     mp.undo()
 
 
-def kvfp_query(url, out, suite, *extra):
+def kvfp_query(url, out, suite, *extra, env=None):
     """`kvfp query` as a user runs it: its own process, over HTTP."""
     cmd = [sys.executable, "-m", "kvfp", "query", "--url", url, "--model-name", "kvfp-tiny", "--probes", str(suite),
            "--out", str(out), "--max-tokens", "8", "--quiet", "--json", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env={**os.environ, **(env or {})})
 
 
 def lines(path):
@@ -124,7 +126,8 @@ def test_a_crashed_server_is_resumed_without_loss_or_duplicates(live):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode, extra", [("429", ()), ("stall", ("--timeout", "2")), ("badjson", ())])
+@pytest.mark.parametrize("mode, extra", [("429", ()), ("stall", ("--timeout", "2")),
+                                         ("badjson", ("--concurrency", "2"))])
 def test_transient_faults_are_retried(live, mode, extra):
     tmp, clf, suite, server = live
     log = tmp / f"retry-{mode}.jsonl"
@@ -136,6 +139,24 @@ def test_transient_faults_are_retried(live, mode, extra):
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
     assert s["answered_now"] == 3 and s["retries"] >= 1 and len(lines(log)) == 3
+
+
+@pytest.mark.slow
+def test_the_api_key_is_sent_and_written_nowhere(live):
+    tmp, clf, suite, server = live
+    log = tmp / "auth.jsonl"
+    proxy = fault_proxy(tmp, server.url, "auth")
+    try:
+        refused = kvfp_query(proxy.url, tmp / "no-key.jsonl", suite)
+        r = kvfp_query(proxy.url, log, suite, "--api-key-env", "KVFP_TEST_KEY",
+                       env={"KVFP_TEST_KEY": "kvfp-test-secret"})
+    finally:
+        proxy.stop()
+    assert refused.returncode == 1 and "401" in refused.stderr and "invalid api key" in refused.stderr
+    assert r.returncode == 0, r.stderr
+    assert len(lines(log)) == 3
+    for text in (log.read_text(), r.stdout, r.stderr, refused.stderr):
+        assert "kvfp-test-secret" not in text
 
 
 @pytest.mark.slow

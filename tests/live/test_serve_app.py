@@ -111,12 +111,15 @@ def test_echo_and_prompt_logprobs_shapes(client):
     assert plp[0] is None and [list(e) for e in plp[1:]] == [["5"], ["6"], ["7"]]
 
 
-def test_end_of_sequence_stops_unless_ignored(client, backend):
-    eos = next(iter(backend.eos_ids))
-    # a prompt after which kvfp-tiny's greedy choice is end-of-sequence is not guaranteed; force the check
-    # through the backend: cut where the output holds eos
-    c = backend.complete([0, 812, 95], 4, 1, False, ignore_eos=True)
-    assert c.finish_reason == "length" and len(c.output_ids) == 4
-    cut = backend.complete([0, 812, 95], 4, 1, False, ignore_eos=False)
-    assert (cut.finish_reason == "stop") == (eos in c.output_ids)
-    assert cut.output_ids == c.output_ids[:len(cut.output_ids)] and eos not in cut.output_ids
+def test_end_of_sequence_stops_unless_ignored(backend):
+    full = backend.complete([0, 812, 95], 6, 1, False, ignore_eos=True)
+    assert full.finish_reason == "length" and len(full.output_ids) == 6
+    # make the fourth generated token the end-of-sequence id, so the cut is certain to be exercised
+    stopper = _with(backend)
+    stopper.eos_ids = {full.output_ids[3]}
+    first = full.output_ids.index(full.output_ids[3])
+    r = post(TestClient(make_app(stopper)), "/v1/completions", prompt=[0, 812, 95], max_tokens=6, logprobs=1,
+             return_tokens_as_token_ids=True)
+    ch = r.json()["choices"][0]
+    assert ch["finish_reason"] == "stop" and len(ch["logprobs"]["tokens"]) == first  # eos itself not returned
+    assert r.json()["usage"]["completion_tokens"] == first

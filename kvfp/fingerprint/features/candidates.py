@@ -31,7 +31,7 @@ from kvfp.fingerprint.features import explain
 from kvfp.fingerprint.features.common import EPS, centred, corr, js, logsoftmax, rel, safe_mean
 from kvfp.fingerprint.features.prompt import as_array
 from kvfp.fingerprint.features.tokens import margins
-from kvfp.fingerprint.features.topk import departure, restricted_js, support
+from kvfp.fingerprint.features.topk import centred_on, departure, restricted_js, support
 from kvfp.fingerprint.observation import topk_of
 
 # which per-tier family the candidate distances use, and the name of the second number
@@ -67,18 +67,22 @@ def _scores(obs, ref, noise_obs, tier: str) -> tuple[dict[str, float], dict[str,
             second[c] = w * corr(do, centred(lc - lr))
     elif fam == "topk":
         k = topk_of(tier)
-        ids, lps = support(obs, k)
+        sup = support(obs, k)
         floor, noise2 = 0.0, 0.0
         if noise_obs is not None:
-            nids, nlps = support(noise_obs, k)
-            floor, noise2 = safe_mean(restricted_js(nlps, lr, nids)), _sq(departure(nlps, lr, nids))
-        do = departure(lps, lr, ids)
+            nsup = support(noise_obs, k)
+            floor = safe_mean(restricted_js(nsup, lr))
+            # the noise's squares per returned entry, times the entries the observation returned: a
+            # partial observation sums fewer squares than the (full) noise replay does; the factor is
+            # exactly 1 when both are full
+            noise2 = _sq(departure(nsup, lr)) * (int(sup.mask.sum()) / max(int(nsup.mask.sum()), 1))
+        do = departure(sup, lr)  # zero on the padding of short rows: sums and cosines skip it
         w = _above(do, noise2)
-        r_on = centred(np.take_along_axis(lr, ids, -1))
+        r_on = centred_on(sup, sup.on(lr))
         for c, rep in ref.candidates.items():
             lc = rep.logprobs()
-            fit[c] = rel(safe_mean(restricted_js(lps, lc, ids)), floor, EPS["js"])
-            second[c] = w * corr(do, centred(np.take_along_axis(lc, ids, -1)) - r_on)
+            fit[c] = rel(safe_mean(restricted_js(sup, lc)), floor, EPS["js"])
+            second[c] = w * corr(do, centred_on(sup, sup.on(lc)) - r_on)
     elif fam == "prompt":
         o = as_array(obs.prompt_logprobs)
         r = np.asarray(ref.ref.prompt_logprobs, dtype=np.float64)

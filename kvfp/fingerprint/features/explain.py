@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from kvfp.fingerprint.features.common import centred, logsoftmax
+from kvfp.fingerprint.features.common import logsoftmax
 from kvfp.fingerprint.features.prompt import as_array
-from kvfp.fingerprint.features.topk import support
+from kvfp.fingerprint.features.topk import centred_on, support
 from kvfp.fingerprint.observation import topk_of
 
 TIERS_WITH_SCORES = ("logits", "topk", "prompt")
@@ -62,13 +62,13 @@ def departures(obs, ref, tier: str) -> tuple[np.ndarray, np.ndarray | None, dict
         N = dep(noise_lr) if noise_lr is not None else None
         cands = {c: dep(rep.logprobs()) for c, rep in ref.candidates.items()}
     elif tier.startswith("topk-"):
-        ids, lps = support(obs, topk_of(tier))
-        r_on = centred(np.take_along_axis(lr, ids, -1))
+        sup = support(obs, topk_of(tier))
+        r_on = centred_on(sup, sup.on(lr))
 
-        def dep_on(x):
-            return (centred(np.take_along_axis(x, ids, -1)) - r_on).ravel()
+        def dep_on(x):  # the returned entries only, step by step in rank order (a partial row is shorter)
+            return (centred_on(sup, sup.on(x)) - r_on)[sup.mask]
 
-        D = (centred(lps) - r_on).ravel()
+        D = (centred_on(sup, sup.lps) - r_on)[sup.mask]
         N = dep_on(noise_lr) if noise_lr is not None else None
         cands = {c: dep_on(rep.logprobs()) for c, rep in ref.candidates.items()}
     elif tier == "prompt":

@@ -89,9 +89,11 @@ def _chosen_notes(raw: RawChoice, res) -> list[str]:
 
 
 def _map_topk(raw: RawChoice, output_ids: list[int], notes: list[str]):
-    """Per step ``[(id, logprob)]`` in file order; ambiguous entries become the chosen token when
-    its logprob matches, else the lowest candidate not yet in the list."""
-    out, merged, guessed = [], set(), []
+    """Per step ``[(id, logprob)]`` in file order; an ambiguous entry is the chosen token when its
+    logprob matches, else it is left out: which of its ids the logprob belongs to is unknown (a
+    server keying by string keeps one colliding id's value, not necessarily the best one's), and a
+    guess would be evidence made up."""
+    out, merged, dropped = [], set(), []
     for t, entries in enumerate(raw.topk):
         chosen = output_ids[t]
         clp = raw.token_logprobs[t] if raw.token_logprobs is not None else None
@@ -104,28 +106,24 @@ def _map_topk(raw: RawChoice, output_ids: list[int], notes: list[str]):
             if tok.exact:
                 i = tok.ids[0]
             else:
-                if raw.topk_by_string:
-                    merged.add(t)
+                merged.add(t)
                 if chosen in tok.ids and chosen not in used and (clp is None or abs(lp - clp) <= SAME_LOGPROB):
                     i = chosen
-                else:
-                    free = [c for c in tok.ids if c not in used and c != chosen]
-                    if not free:
-                        raise raw.line.error(tok.field, f"{tok.shown} appears more often in this top-k list than "
-                                                        f"there are ids it can stand for")
-                    i = free[0]
-                    guessed.append(f"step {t} {tok.shown} → id {i} of {len(tok.ids)}")
+                else:  # kept as a placeholder: it still counts towards the list's length and ranks
+                    dropped.append(t)
+                    row[j] = (None, lp)
+                    continue
             if i in used:
                 raise raw.line.error(tok.field, f"token id {i} appears twice in one top-k list")
             used.add(i)
             row[j] = (i, lp)
         out.append(row)
     where = f"{_label(raw)}: top-k ({raw.topk_field.format(t='…')})"
-    if guessed:
-        more = "…" if len(guessed) > 8 else ""
-        notes.append(f"{where}: entries standing for several ids, none of them the chosen token, took the lowest id "
-                     f"not already listed (ambiguous): {'; '.join(guessed[:8])}{more}")
-    if merged:
+    if dropped:
+        notes.append(f"{where}: {_plural(len(dropped), 'entry', 'entries')} at {_steps(sorted(set(dropped)))} "
+                     f"stood for several ids, none certainly the chosen token, and were left out (partial "
+                     f"evidence: the rest of each list is used)")
+    if merged and raw.topk_by_string:
         notes.append(f"{where} at {_steps(sorted(merged))}: keyed by a token string several ids share; a list "
                      f"keyed by string holds one of them, so the others may be missing")
     return out, merged
@@ -152,6 +150,7 @@ def _infer_k(staged: list[_Staged]) -> tuple[int | None, bool]:
 def _observation(s: _Staged, k: int | None, plus_one: bool) -> Observation:
     raw = s.raw
     topk_ids = topk_lps = None
+    partial = False
     if s.topk is not None and k:
         topk_ids, topk_lps = [], []
         for t, row in enumerate(s.topk):
@@ -159,10 +158,16 @@ def _observation(s: _Staged, k: int | None, plus_one: bool) -> Observation:
                 entries = _plural(len(row), "entry", "entries")
                 raise raw.line.error(raw.topk_field.format(t=t),
                                      f"has {entries} where the rest of the log has k={k} (truncated top-k)")
-            best = sorted(row, key=lambda e: -e[1])[:k]
+            # the k best as the server ranked them, then without the entries that name no single id
+            best = [e for e in sorted(row, key=lambda e: -e[1])[:k] if e[0] is not None]
+            if not best:
+                raise raw.line.error(raw.topk_field.format(t=t), "has no entry that names one token id")
+            partial |= len(best) < k
             topk_ids.append([i for i, _ in best])
             topk_lps.append([lp for _, lp in best])
     meta = dict(raw.meta)
+    if partial:  # some lists lost entries to token strings that collide: the features use what is left
+        meta.update(topk_k=k, topk_partial=True)
     if plus_one and topk_ids is not None:
         meta["topk_plus_chosen"] = True  # the log's lists held the chosen token beyond the top-k
     kv = {key: v for key, v in raw.kvfp.items() if key != "prompt_ids"}

@@ -131,6 +131,10 @@ def _build(tokenizer) -> TokenTable:
             text = id_bytes[i].decode("utf-8", errors="replace")
             if "\ufffd" not in text or "\ufffd" in strings[i]:
                 names.add(text)
+            # llama.cpp's server spells a token holding part of a UTF-8 character by dropping the
+            # partial bytes (b" \xe2" is " ", a lone continuation byte is ""): index that spelling
+            # too, so that such a key reads as ambiguous instead of as the wrong, complete token
+            names.add(id_bytes[i].decode("utf-8", errors="ignore"))
         if i in special:
             names.add("")
         for s in names:
