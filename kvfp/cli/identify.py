@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -12,6 +13,17 @@ from rich.table import Table
 
 from kvfp.cli.errors import err_console, user_errors
 from kvfp.cli.options import JsonOpt, ModelOpt
+
+
+def _finite(o):
+    """JSON has no NaN or Infinity: a number that is not finite is written as null."""
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    return o
 
 
 def _plain(o):
@@ -46,7 +58,8 @@ def identify(
     report = identify_log(log, model, classifier, tier=tier, probes=probes, fmt=fmt, top=top,
                           log_progress=lambda m: err_console.print(m))
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2, default=_plain))
+        plain = json.loads(json.dumps(report.to_dict(), default=_plain))  # numpy values to Python ones first
+        typer.echo(json.dumps(_finite(plain), indent=2, allow_nan=False))
         return
     _print(report)
 

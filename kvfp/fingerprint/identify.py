@@ -75,7 +75,7 @@ def identify_log(log: Path | str, model_name: str, classifier: Path | str, *, ti
     observations = load_observations(log, tok, fmt=fmt, suite=suite)
     if not observations:
         raise KvfpError(f"{log} holds no responses")
-    notes = [n for o in observations for n in o.notes]
+    notes = list(trained.notes) + [n for o in observations for n in o.notes]
     chosen = choose_tier(observations, list(trained.tiers), tier)
     by_id = suite.by_id() if suite is not None else {}
     if suite is None:

@@ -31,10 +31,14 @@ from kvfp.errors import KvfpError
 from kvfp.fingerprint.estimators import ESTIMATOR_TYPES, Fingerprinter, Identification
 from kvfp.fingerprint.estimators.state import get_state, set_state
 from kvfp.fingerprint.features.extract import FEATURES_VERSION, feature_names
+from kvfp.fingerprint.integrity import DIGEST_KEY, check_digest, check_finite, make_digest, trial_predictions
 from kvfp.fingerprint.observation import TIERS
 
 KIND = "kvfp-fingerprinter"
-FORMAT = 1
+# format 2 records an integrity digest (kvfp.fingerprint.integrity); format 1 files, saved before it
+# existed, still load, with every other check, and say that their digest is unchecked
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
 JSON_NAME, ARRAYS_NAME = "fingerprinter.json", "arrays.safetensors"
 
 
@@ -91,6 +95,7 @@ class TrainedFingerprinter:
     manifest: dict
     tiers: dict[str, Fingerprinter] = field(default_factory=dict)
     feature_names: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # what loading could not vouch for
 
     @classmethod
     def fit(cls, manifest: dict, X: dict[str, np.ndarray], y, groups=None, **params) -> TrainedFingerprinter:
@@ -168,10 +173,14 @@ def save_fingerprinter(path: Path | str, trained: TrainedFingerprinter) -> Path:
         tiers_meta[tier] = m
     doc = {"kind": KIND, "format": FORMAT, "manifest": {**trained.manifest, "tiers": list(trained.tiers)},
            "feature_names": trained.feature_names, "estimators": tiers_meta}
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    # the document as it will read back (tuples become lists), so that its digest matches at load time
+    doc = json.loads(json.dumps(doc, allow_nan=False))
+    doc[DIGEST_KEY] = make_digest(doc, arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp / ARRAYS_NAME))
+        save_file(arrays, str(tmp / ARRAYS_NAME))
         (tmp / JSON_NAME).write_text(json.dumps(doc, indent=1, allow_nan=False))
         os.rename(tmp, path)
     except BaseException:
@@ -237,8 +246,9 @@ def load_fingerprinter(path: Path | str, *, model_id: str | None = None, weights
         raise KvfpError(f"{jpath}: not valid JSON ({e})") from None
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
         raise KvfpError(f"{jpath}: not a kvfp classifier file")
-    if doc.get("format") != FORMAT:
-        raise KvfpError(f"{jpath}: classifier format {doc.get('format')!r}; this kvfp reads format {FORMAT}")
+    if doc.get("format") not in READABLE_FORMATS:
+        raise KvfpError(f"{jpath}: classifier format {doc.get('format')!r}; this kvfp reads formats "
+                        f"{', '.join(map(str, READABLE_FORMATS))}")
     manifest = doc.get("manifest") or {}
     check_manifest(manifest, str(path), model_id=model_id, weights_hash=weights_hash, tokenizer_hash=tokenizer_hash,
                    probe_suite_hash=probe_suite_hash)
@@ -247,6 +257,13 @@ def load_fingerprinter(path: Path | str, *, model_id: str | None = None, weights
     except Exception as e:  # safetensors reports a damaged file in several exception types
         raise KvfpError(f"{apath}: unreadable ({type(e).__name__}: {e})") from None
     out = TrainedFingerprinter(manifest=manifest)
+    if doc["format"] >= 2:
+        check_digest(doc, arrays, str(path))
+    else:
+        out.notes.append(f"the classifier in {path} was saved by an older kvfp without an integrity digest: "
+                         f"damage to its files is caught only where it makes values non-finite or inconsistent "
+                         f"(retrain it to have it checked)")
+    check_finite(arrays, str(path))
     try:
         for tier, meta in doc["estimators"].items():
             if tier not in TIERS:
@@ -261,6 +278,7 @@ def load_fingerprinter(path: Path | str, *, model_id: str | None = None, weights
             out.feature_names[tier] = names
     except (KeyError, TypeError, ValueError) as e:
         raise KvfpError(f"{path}: damaged classifier ({type(e).__name__}: {e})") from None
+    trial_predictions(out, str(path))
     return out
 
 

@@ -94,8 +94,22 @@ def test_loading_never_imports_what_the_file_names(trained, tmp_path):
     doc = json.loads((path / JSON_NAME).read_text())
     doc["estimators"]["logits"]["type"] = "os.system"
     (path / JSON_NAME).write_text(json.dumps(doc))
+    with pytest.raises(KvfpError, match="does not match its recorded digest"):
+        load_fingerprinter(path)
+    reseal(path)  # an editor who recomputes the digest still gets nothing imported
     with pytest.raises(KvfpError, match="unknown estimator type 'os.system'"):
         load_fingerprinter(path)
+
+
+def reseal(path):
+    """Recompute a saved classifier's digest after editing it, as a deliberate forger would."""
+    from safetensors.numpy import load_file
+
+    from kvfp.fingerprint.integrity import DIGEST_KEY, make_digest
+
+    doc = json.loads((path / JSON_NAME).read_text())
+    doc[DIGEST_KEY] = make_digest(doc, load_file(str(path / ARRAYS_NAME)))
+    (path / JSON_NAME).write_text(json.dumps(doc))
 
 
 def test_never_overwrites(trained, tmp_path):

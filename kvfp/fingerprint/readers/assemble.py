@@ -49,6 +49,10 @@ def _label(raw: RawChoice) -> str:
 def _stage(raw: RawChoice, table: TokenTable, tokenizer, suite, probes) -> _Staged:
     prompt_ids, probe_id = resolve_prompt(raw, suite, probes)
     notes: list[str] = []
+    named = raw.kvfp.get("probe_id")
+    if suite is not None and named is not None and probe_id is None:
+        notes.append(f"{_label(raw)}: probe {named!r} reached the model as other token ids than the probe's (sent as "
+                     f"text or in a chat template); its planted spans are not used for it")
     if raw.chosen is None:
         output_ids = list(tokenizer(raw.text, add_special_tokens=False)["input_ids"])
         notes.append(f"{_label(raw)}: output ids are the tokenizer's segmentation of the generated text, a guess "

@@ -12,6 +12,8 @@ from kvfp.fingerprint.readers.raw import RawChoice
 from kvfp.probes import ProbeSuite
 
 NO_PROMPT_HINT = "pass --probes SUITE or include kvfp.prompt_ids"
+# how `kvfp query` marks prompts whose ids came from the server's side of a text prompt
+SERVER_TOKENIZED = ("text-tokenized", "chat-template")
 
 
 def read_kvfp_block(line: Line, rec: dict, vocab: int) -> dict:
@@ -49,6 +51,10 @@ def resolve_prompt(raw: RawChoice, suite: ProbeSuite | None, probes: dict) -> tu
             raise line.error("kvfp.probe_id", f"probe {probe_id!r} is not in the probe suite given "
                                               f"({len(probes)} probes)")
         if ids is not None and ids != probes[probe_id].ids:
+            if block.get("prompt") in SERVER_TOKENIZED or block.get("echo"):
+                # the probe went as text (or inside a chat template) and the server's tokens are what the
+                # model saw: the log's ids stand, and the probe's planted spans do not apply to them
+                return list(ids), None
             raise line.error("kvfp.prompt_ids", f"differ from the ids of probe {probe_id!r} in the suite given")
         ids = ids or list(probes[probe_id].ids)
     if ids is None:
