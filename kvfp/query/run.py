@@ -138,7 +138,7 @@ class _Asker:
         s.steps += seen.steps
         s.short_steps += seen.short_steps
         s.top_logprobs_max = max(s.top_logprobs_max, seen.max_entries)
-        if self.spec.prompt_logprobs or self.mode == "text":
+        if self.spec.prompt_logprobs or (self.mode == "text" and self.spec.echo):
             s.prompt_logprobs = bool(s.prompt_logprobs or seen.prompt_logprobs)
         s.prompt_checks[check] = s.prompt_checks.get(check, 0) + 1
         s.over_max_tokens += seen.over_max > 0

@@ -65,10 +65,13 @@ def test_query_then_identify_names_the_served_scheme(live, mode):
     tmp, clf, suite, server = live
     log = tmp / f"log-{mode}.jsonl"
     args = ["--prompt-mode", "text", "--echo"] if mode == "echo" else ["--prompt-mode", mode]
+    if mode == "ids":
+        args.append("--prompt-logprobs")  # vLLM's prompt_logprobs, which kvfp serve speaks
     r = kvfp_query(server.url, log, suite, *args)
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["answered_now"] == 3 and summary["top_logprobs_max"] == 20
+    assert summary["prompt_logprobs"] is {"ids": True, "echo": True, "text": None}[mode]
     recs = lines(log)
     from kvfp.probes import read_suite
 
@@ -78,6 +81,8 @@ def test_query_then_identify_names_the_served_scheme(live, mode):
         assert x["object"] == "text_completion" and x["kvfp"]["query"]["top_logprobs"] == 20
         if mode == "ids":
             assert x["kvfp"]["prompt_ids"] == probes[x["kvfp"]["probe_id"]].ids
+            plp = x["choices"][0]["prompt_logprobs"]
+            assert plp[0] is None and len(plp) == len(x["kvfp"]["prompt_ids"])
         elif mode == "echo":  # the ids the server's tokenizer made of the text, read back through echo
             assert x["kvfp"]["echo"] == len(x["kvfp"]["prompt_ids"])
         else:  # the tokenizer's own segmentation of the text sent, its length the server's usage count
