@@ -121,3 +121,87 @@ def test_train_refuses_one_probe_id_meaning_two_prompts(trained, tmp_path):
     tmp, clf, test, suite = trained  # both suites name their probes plain-<n>-<i>, over other text
     r = runner.invoke(app, ["train", "--data", str(tmp / "train"), "--data", str(test), "--out", str(tmp_path / "c")])
     assert r.exit_code != 0 and "means different prompts" in r.output and "Traceback" not in r.output
+
+
+def _kvfp_line(**changes) -> str:
+    from tests.fingerprint.test_readers_errors import sample
+
+    return json.dumps({**sample("kvfp"), **changes}) + "\n"
+
+
+def _long_line() -> str:
+    """A kvfp-tiny response of 4000 prompt and 200 output tokens: past its 4096 positions."""
+    n = 200
+    return _kvfp_line(prompt_ids=[0] + [341] * 3999, output_ids=[14] * n, token_logprobs=[-1.0] * n,
+                      topk_ids=[[14, 16]] * n, topk_logprobs=[[-1.0, -2.0]] * n, prompt_logprobs=None)
+
+
+@pytest.mark.parametrize("body, probes, code, message", [
+    ("[" * 100_000 + "\n", None, 1, "log.jsonl:1: JSON nested too deeply"),
+    (None, None, 2, "is a folder; pass the log file"),
+    (_kvfp_line(token_logprobs=[0.0] * 3), None, 1,
+     "log.jsonl:1: topk_ids[0][0]: step 0: the chosen token (id 341) has logprob -0.5 here but 0.0"),
+    (_long_line(), None, 1, "log.jsonl:1: prompt (4000 tokens) and output (200 tokens) make 4200, more than the "
+                            "model's 4096 positions"),
+    (_kvfp_line(), b"\xff\xfe\x00\n", 1, "probes.jsonl:1: not UTF-8 text"),
+], ids=["nested", "folder", "inconsistent logprobs", "longer than the model", "binary probes"])
+def test_identify_refuses_a_broken_log_or_suite_before_any_replay(trained, tmp_path, monkeypatch, body, probes,
+                                                                    code, message):
+    from kvfp.fingerprint.reference import ReferenceRunner
+    from tests.test_cli_errors import assert_refused
+
+    _, clf, _, _ = trained
+    monkeypatch.setattr(ReferenceRunner, "references", lambda *a, **k: pytest.fail("replayed"))
+    log = tmp_path / "log.jsonl"
+    if body is None:
+        log.mkdir()
+    else:
+        log.write_text(body)
+    args = ["identify", str(log), "--model", "kvfp-tiny", "--classifier", str(clf)]
+    if probes is not None:
+        (tmp_path / "probes.jsonl").write_bytes(probes)
+        args += ["--probes", str(tmp_path / "probes.jsonl")]
+    assert_refused(runner.invoke(app, args), code, message)
+
+
+def test_export_out_under_a_file_or_on_a_full_disk_leaves_nothing(trained, tmp_path, monkeypatch):
+    from kvfp.datasets import export as export_module
+    from tests.test_cli_errors import assert_refused
+
+    _, _, test, _ = trained
+    (tmp_path / "file").write_text("x")
+    r = runner.invoke(app, ["export", str(test), "--format", "kvfp-jsonl", "--out", str(tmp_path / "file" / "x")])
+    assert_refused(r, 1, f"{tmp_path / 'file'} is a file where a folder is needed")
+
+    lines = export_module._lines
+
+    def full(*args):  # the disk fills after the first line
+        yield next(iter(lines(*args)))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export_module, "_lines", full)
+    out = tmp_path / "out" / "log.jsonl"
+    r = runner.invoke(app, ["export", str(test), "--format", "kvfp-jsonl", "--out", str(out)])
+    assert_refused(r, 1, f"{out}: No space left on device")
+    assert list((tmp_path / "out").iterdir()) == []  # neither the log nor its temporary
+
+
+def test_train_out_under_a_file_or_on_a_full_disk_leaves_nothing(trained, tmp_path, monkeypatch):
+    import safetensors.numpy
+    from safetensors import SafetensorError
+
+    from tests.test_cli_errors import assert_refused
+
+    tmp, _, _, _ = trained
+    args = ["train", "--data", str(tmp / "train"), "--tier", "tokens", "--candidates", "none", "--out"]
+    (tmp_path / "file").write_text("x")
+    assert_refused(runner.invoke(app, [*args, str(tmp_path / "file" / "clf")]), 1,
+                   f"{tmp_path / 'file'} is a file where a folder is needed")
+
+    def full(*a, **k):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.numpy, "save_file", full)
+    out = tmp_path / "out" / "clf"
+    assert_refused(runner.invoke(app, [*args, str(out)]), 1, f"cannot write {out}:", "No space left on device")
+    assert list((tmp_path / "out").iterdir()) == []  # the folder is built beside its name and removed

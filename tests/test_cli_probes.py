@@ -113,3 +113,96 @@ def test_show_refuses_an_unknown_id(quick_file):
     out, _ = quick_file
     r = runner.invoke(app, ["probes", "show", str(out), "--id", "needle-99-s0"])
     assert r.exit_code == 2 and "no probe 'needle-99-s0'" in r.output
+
+
+def _edit_probe(edit):
+    def make(header: dict, probe: dict) -> str:
+        edit(probe)
+        return json.dumps(header) + "\n" + json.dumps(probe) + "\n"
+    return make
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"\xff\xfe\x00garbage\n", ":1: not UTF-8 text"),
+    (lambda h, p: json.dumps(h) + "\n" + "[" * 100_000 + "\n", ":2: JSON nested too deeply"),
+    (_edit_probe(lambda p: p.pop("ids")), ":2: bad probe record (missing field 'ids')"),
+    (_edit_probe(lambda p: p.update(spans=[1, 2])), ":2: bad probe record (spans: expected an object, found list)"),
+    (_edit_probe(lambda p: p.update(id=5)), ":2: bad probe record (id: expected a string, found 5)"),
+    (_edit_probe(lambda p: p["ids"].__setitem__(0, 1.5)), ":2: bad probe record (ids[0]: expected an integer"),
+    (_edit_probe(lambda p: p["ids"].__setitem__(0, -3)), ":2: bad probe record (ids[0]: -3 is negative)"),
+    (lambda h, p: json.dumps(h) + "\n[1, 2]\n", ":2: bad probe record (expected a JSON object, found list)"),
+], ids=["binary", "nested", "missing ids", "spans a list", "id a number", "float id", "negative id", "a list"])
+def test_show_refuses_a_broken_suite_naming_line_and_field(tmp_path, quick_file, body, message):
+    from tests.test_cli_errors import assert_refused
+
+    out, _ = quick_file
+    lines = out.read_text().splitlines()
+    header, probe = json.loads(lines[0]), json.loads(lines[1])
+    del header["suite_hash"]  # the record is read before the hash could tell
+    bad = tmp_path / "bad.jsonl"
+    if isinstance(body, bytes):
+        bad.write_bytes(body)
+    else:
+        bad.write_text(body(header, probe))
+    assert_refused(runner.invoke(app, ["probes", "show", str(bad)]), 1, f"{bad}{message}")
+
+
+def test_show_says_a_folder_is_a_folder(tmp_path):
+    from tests.test_cli_errors import assert_refused
+
+    assert_refused(runner.invoke(app, ["probes", "show", str(tmp_path)]), 2, f"probe suite {tmp_path} is a folder")
+
+
+def _generate(out, model="kvfp-tiny"):
+    return runner.invoke(app, ["probes", "generate", "--model", str(model), "--suite", "quick", "--out", str(out)])
+
+
+def test_generate_out_under_a_file_or_nowhere_gives_the_os_reason(tmp_path):
+    from tests.test_cli_errors import assert_refused
+
+    (tmp_path / "file").write_text("x")
+    blocker = tmp_path / "file"
+    assert_refused(_generate(blocker / "p.jsonl"), 1, f"{blocker} is a file where a folder is needed")
+    assert_refused(_generate("/proc/kvfp-none/p.jsonl"), 1, "/proc/kvfp-none: No such file or directory")
+
+
+def test_generate_on_a_full_disk_leaves_no_file(tmp_path, monkeypatch):
+    import os
+    import types
+
+    from kvfp.probes import probe
+    from tests.test_cli_errors import assert_refused
+
+    class Full:  # a file on a full disk: every write fails as write(2) does
+        def __init__(self, fd, mode):
+            self.f = os.fdopen(fd, mode)
+
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr(probe, "os", types.SimpleNamespace(fdopen=Full, replace=os.replace))
+    out = tmp_path / "p.jsonl"
+    assert_refused(_generate(out), 1, f"{out}: No space left on device")
+    assert list(tmp_path.iterdir()) == []  # neither the suite nor its temporary
+
+
+def test_generate_names_a_model_folder_whose_config_is_broken(tmp_path):
+    import shutil
+
+    from kvfp.models.loading import PACKAGED
+    from tests.test_cli_errors import assert_refused
+
+    folder = tmp_path / "model"
+    shutil.copytree(PACKAGED["kvfp-tiny"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["hidden_size"] = "64"
+    (folder / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "p.jsonl"
+    assert_refused(_generate(out, folder), 1, f"model folder {folder} does not load", "'hidden_size' expected int")
+    assert not out.exists()

@@ -17,5 +17,5 @@ EngineOpt = Annotated[str, typer.Option("--engine", help="Whose arithmetic the m
                                                          "for the weights' GGUF types, f16 cache and query).")]
 FlashAttnOpt = Annotated[bool, typer.Option("--flash-attn", help="With --engine: the engine's flash-attention "
                                                                  "kernel instead of its mul_mat path.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="cpu or cuda.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]

@@ -45,8 +45,27 @@ def prepare_folder(out: Path, requested: dict, suite: ProbeSuite) -> dict:
     """
     out = Path(out)
     check_target(out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    if not publish_text(out / MANIFEST, dumps(requested)):
+    published: list[Path] = []
+    try:
+        return _join(out, requested, suite, published)
+    except OSError:
+        if created:  # a folder this call made but could not set up (a full disk) is no dataset: leave none
+            for p in published:
+                p.unlink(missing_ok=True)
+            try:
+                out.rmdir()  # only if empty: a process that joined meanwhile keeps its files and the folder
+            except OSError:
+                pass
+        raise
+
+
+def _join(out: Path, requested: dict, suite: ProbeSuite, published: list[Path]) -> dict:
+    """Publish or check the manifest and the suite; ``published`` gets the files this call created."""
+    if publish_text(out / MANIFEST, dumps(requested)):
+        published.append(out / MANIFEST)
+    else:
         existing = read_manifest(out)
         check_compatible(existing, requested, out)
         have = {s["name"] for s in existing["schemes"]}
@@ -54,7 +73,8 @@ def prepare_folder(out: Path, requested: dict, suite: ProbeSuite) -> dict:
             with exclusive_lock(out / ".manifest.lock"):  # read-modify-write: one process at a time
                 replace_text(out / MANIFEST, dumps(with_schemes(read_manifest(out), requested["schemes"])))
     suite_path = out / PROBES
-    publish_new(suite_path, lambda tmp: _write_suite(tmp, suite))
+    if publish_new(suite_path, lambda tmp: _write_suite(tmp, suite)):
+        published.append(suite_path)
     if read_suite(suite_path).hash != suite.hash:
         raise KvfpError(f"{suite_path}: holds another probe suite than this run's (hash differs)", exit_code=2)
     remove_stale_temporaries(out)

@@ -15,6 +15,7 @@ from kvfp.collect.units import Plan
 from kvfp.collect.work import work
 from kvfp.datasets.dataset import open_dataset
 from kvfp.datasets.manifest import build_manifest, tokenizer_hash
+from kvfp.errors import KvfpError
 from kvfp.runner import engines
 
 
@@ -49,6 +50,9 @@ def collect(spec: CollectSpec, *, reference: bool = True, summary: bool = True, 
     check_target(spec.out)
     model_path, _ = resolve(spec.model)
     model, tok = load(spec.model, dtype=spec.dtype, device=spec.device, attn=spec.attn)
+    vocab = model.get_output_embeddings().weight.shape[0]  # the logits' width, which top-k picks from
+    if spec.topk > vocab:  # the traces would hold the whole vocabulary under a manifest saying topk
+        raise KvfpError(f"--topk {spec.topk} exceeds {spec.model}'s vocabulary of {vocab} tokens", exit_code=2)
     engines.install(model, engines.for_model(spec.model, spec.engine, flash_attn=spec.flash_attn))
     suite = load_suite(spec.probes, tok, model_name=spec.model, new_tokens=spec.new_tokens,
                        model_max=getattr(model.config, "max_position_embeddings", None))

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from kvfp.errors import KvfpError
+from kvfp.models.loading import check_device
 from kvfp.runner.engines import check_engine
 
 
@@ -47,6 +48,7 @@ class CollectSpec:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise KvfpError(f"--{name.replace('_', '-')} must be a positive integer", exit_code=2)
         check_engine(self.engine)
+        check_device(self.device)
         if self.flash_attn and self.engine == "transformers":
             raise KvfpError("--flash-attn selects an engine profile's kernel; pass --engine too", exit_code=2)
         if not self.schemes:

@@ -13,14 +13,14 @@ def load_suite(probes: str | None, tokenizer, *, model_name: str, model_max: int
     """Read ``probes`` when it is a file, else generate the suite it names (``None``: ``default``,
     seed 0), then check that it suits this model.
 
-    Raises :class:`KvfpError` when the suite is empty, was made for another tokenizer, or has a
-    probe that leaves no room for ``new_tokens`` within the model's positions.
+    Raises :class:`KvfpError` when the suite is empty, was made for another tokenizer, holds token
+    ids outside it, or has a probe that leaves no room for ``new_tokens`` within the model's positions.
     """
     from kvfp.probes import SUITES, generate_suite, tokenizer_hash
 
     name = probes or "default"
     path = Path(name)
-    if path.is_file():
+    if path.is_file() or (path.is_dir() and name not in SUITES):  # read_suite says a folder is no suite file
         suite, where = read_suite(path), str(path)
     elif name in SUITES:
         suite = generate_suite(tokenizer, name, seed=0, model_max=model_max, model_name=model_name)
@@ -34,6 +34,13 @@ def load_suite(probes: str | None, tokenizer, *, model_name: str, model_max: int
     if made_for is not None and made_for != tokenizer_hash(tokenizer):
         raise KvfpError(f"{where} was generated for another tokenizer than {model_name}'s; generate it for this "
                         f"model (`kvfp probes generate --model {model_name}`)", exit_code=2)
+    vocab = len(tokenizer)
+    for p in suite.probes:  # the model's embedding would fail on them mid-run, after the folder is made
+        bad = next((i for i in p.ids + p.answer_ids if i >= vocab), None)
+        if bad is not None:
+            raise KvfpError(f"{where}: probe {p.id} holds token id {bad}, outside {model_name}'s {vocab} ids; "
+                            f"generate the suite for this model (`kvfp probes generate --model {model_name}`)",
+                            exit_code=2)
     if model_max:
         longest = max(suite.probes, key=lambda p: p.n_tokens)
         if longest.n_tokens + new_tokens > model_max:

@@ -42,6 +42,10 @@ def publish_new(path: Path | str, write: Callable[[Path], None]) -> bool:
         except FileExistsError:
             return False
         return True
+    except OSError as e:
+        if e.filename is None:  # a failed write() (a full disk) names no file: name the one being written
+            e.filename = str(path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -66,13 +66,14 @@ def identify_log(log: Path | str, model_name: str, classifier: Path | str, *, ti
     from kvfp.fingerprint.reference import REFERENCE
     from kvfp.models import load
     from kvfp.probes import read_suite
+    from kvfp.probes.model_tokenizer import model_max_positions
 
     if not Path(classifier).exists():
         raise KvfpError(f"classifier {classifier} not found (train one with `kvfp train`)", exit_code=2)
     model, tok = load(model_name, dtype=REFERENCE[1], attn=REFERENCE[2])
     trained = load_for_model(classifier, model, tok)
     suite = read_suite(probes) if probes is not None else None
-    observations = load_observations(log, tok, fmt=fmt, suite=suite)
+    observations = load_observations(log, tok, fmt=fmt, suite=suite, max_positions=model_max_positions(model.config))
     if not observations:
         raise KvfpError(f"{log} holds no responses")
     notes = list(trained.notes) + [n for o in observations for n in o.notes]

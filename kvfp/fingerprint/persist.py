@@ -159,6 +159,7 @@ def save_fingerprinter(path: Path | str, trained: TrainedFingerprinter) -> Path:
 
     Never overwrites: an existing ``path`` is a :class:`KvfpError`.
     """
+    from safetensors import SafetensorError
     from safetensors.numpy import save_file
 
     path = Path(path)
@@ -180,7 +181,10 @@ def save_fingerprinter(path: Path | str, trained: TrainedFingerprinter) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        save_file(arrays, str(tmp / ARRAYS_NAME))
+        try:
+            save_file(arrays, str(tmp / ARRAYS_NAME))
+        except SafetensorError as e:  # safetensors reports a failed write (a full disk) as its own error
+            raise KvfpError(f"cannot write {path}: {' '.join(str(e).split())}") from None
         (tmp / JSON_NAME).write_text(json.dumps(doc, indent=1, allow_nan=False))
         os.rename(tmp, path)
     except BaseException:
@@ -241,9 +245,10 @@ def load_fingerprinter(path: Path | str, *, model_id: str | None = None, weights
     if not jpath.is_file() or not apath.is_file():
         raise KvfpError(f"{path} is not a saved kvfp classifier (it needs {JSON_NAME} and {ARRAYS_NAME})", exit_code=2)
     try:
-        doc = json.loads(jpath.read_text(), parse_constant=_no_constants)
-    except ValueError as e:
-        raise KvfpError(f"{jpath}: not valid JSON ({e})") from None
+        doc = json.loads(jpath.read_bytes().decode("utf-8"), parse_constant=_no_constants)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        why = "nested too deeply" if isinstance(e, RecursionError) else str(e)
+        raise KvfpError(f"{jpath}: not valid JSON ({why})") from None
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
         raise KvfpError(f"{jpath}: not a kvfp classifier file")
     if doc.get("format") not in READABLE_FORMATS:

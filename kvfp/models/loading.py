@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 
 from kvfp.errors import KvfpError, UnknownNameError
 from kvfp.models.gguf_models import GGUF_MODELS, ensure_converted, status
@@ -16,6 +18,11 @@ from kvfp.models.gguf_models import GGUF_MODELS, ensure_converted, status
 PACKAGED_DIR = Path(__file__).parent
 PACKAGED = {"kvfp-tiny": PACKAGED_DIR / "kvfp-tiny"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+# what transformers raises for a model folder it cannot load: an unreadable or invalid config.json or
+# no weights (OSError), an unknown model type (ValueError), a field of the wrong type or fields that
+# contradict each other (huggingface_hub's strict config dataclasses)
+BROKEN_FOLDER = (OSError, ValueError, TypeError, StrictDataclassError)
 
 
 @dataclass
@@ -49,6 +56,26 @@ def resolve(name_or_path: str) -> tuple[str, str]:
             raise UnknownNameError(f"{path} is not a Hugging Face model folder (no config.json)")
         return str(path), "local"
     return name_or_path, "hub"
+
+
+def broken_folder(path: str, e: Exception) -> KvfpError:
+    """The error for a model folder that exists but does not load, with transformers' reason on one line."""
+    return KvfpError(f"model folder {path} does not load: {' '.join(str(e).split())}")
+
+
+def check_device(device: str) -> str:
+    """``device`` if it names a device kvfp runs on (``cpu``, ``cuda``, ``cuda:N``) that this machine has;
+    every command taking ``--device`` calls this before it creates anything."""
+    if not DEVICE.fullmatch(device):
+        raise KvfpError(f"--device {device!r} is not a device kvfp runs on; choose cpu, cuda or cuda:N", exit_code=2)
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise KvfpError(f"--device {device!r} requested but no CUDA device is available", exit_code=2)
+        n = torch.cuda.device_count()
+        if ":" in device and int(device.split(":")[1]) >= n:
+            raise KvfpError(f"--device {device!r}: this machine has {n} CUDA device(s), cuda:0 to cuda:{n - 1}",
+                            exit_code=2)
+    return device
 
 
 def _not_found(name: str, why: str) -> UnknownNameError:
@@ -87,8 +114,7 @@ def load(name_or_path: str, dtype: str = "float32", device: str = "cpu", attn: s
         raise UnknownNameError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if attn not in ("eager", "sdpa"):
         raise UnknownNameError(f"unknown attention implementation {attn!r}; choose eager or sdpa")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise KvfpError(f"device {device!r} requested but no CUDA device is available", exit_code=2)
+    check_device(device)
     target, source = resolve(name_or_path)
     kwargs = {"dtype": DTYPES[dtype], "attn_implementation": attn}
     if source == "hub":
@@ -107,8 +133,11 @@ def load(name_or_path: str, dtype: str = "float32", device: str = "cpu", attn: s
                    "it is not in the local Hugging Face cache (the hub is offline or unreachable)")
             raise _not_found(name_or_path, f"{why} ({type(last).__name__})") from None
     else:
-        tok = AutoTokenizer.from_pretrained(target)
-        model = AutoModelForCausalLM.from_pretrained(target, **kwargs)
+        try:
+            tok = AutoTokenizer.from_pretrained(target)
+            model = AutoModelForCausalLM.from_pretrained(target, **kwargs)
+        except BROKEN_FOLDER as e:
+            raise broken_folder(target, e) from None
     model.eval().to(device)
     model.kvfp_name = name_or_path  # recorded in traces; an attribute of ours, not HF's
     return model, tok

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from kvfp.models.loading import _hub_reachable, _not_found, resolve
+from kvfp.models.loading import BROKEN_FOLDER, _hub_reachable, _not_found, broken_folder, resolve
 
 # Where configs keep the context length, in the order they are tried (Llama/Qwen, GPT-2, others).
 _MAX_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length", "n_ctx")
@@ -30,7 +30,10 @@ def load_tokenizer(name: str):
 
     target, source = resolve(name)
     if source != "hub":
-        return AutoTokenizer.from_pretrained(target), model_max_positions(AutoConfig.from_pretrained(target))
+        try:
+            return AutoTokenizer.from_pretrained(target), model_max_positions(AutoConfig.from_pretrained(target))
+        except BROKEN_FOLDER as e:
+            raise broken_folder(target, e) from None
     online = os.environ.get("HF_HUB_OFFLINE") != "1" and _hub_reachable()
     last = None
     for offline in ([True, False] if online else [True]):

@@ -66,9 +66,41 @@ class Probe:
 
     @classmethod
     def from_record(cls, rec: dict) -> Probe:
-        return cls(id=rec["id"], family=rec["family"], seed=int(rec["seed"]), n_tokens=int(rec["n_tokens"]),
-                   ids=[int(i) for i in rec["ids"]], spans={k: list(v) for k, v in rec.get("spans", {}).items()},
-                   answer_ids=[int(i) for i in rec.get("answer_ids", [])], params=dict(rec.get("params", {})))
+        """The probe a JSON record holds; a missing field or one of the wrong type is a ``ValueError``
+        naming it (types are checked, not coerced: ``1.5`` is no token id)."""
+        if not isinstance(rec, dict):
+            raise ValueError(f"expected a JSON object, found {type(rec).__name__}")
+        for key in ("id", "family", "seed", "n_tokens", "ids"):
+            if key not in rec:
+                raise ValueError(f"missing field {key!r}")
+        for key in ("id", "family"):
+            if not isinstance(rec[key], str):
+                raise ValueError(f"{key}: expected a string, found {rec[key]!r:.40}")
+        spans, params = rec.get("spans", {}), rec.get("params", {})
+        for key, v in (("spans", spans), ("params", params)):
+            if not isinstance(v, dict):
+                raise ValueError(f"{key}: expected an object, found {type(v).__name__}")
+        return cls(id=rec["id"], family=rec["family"], seed=_int(rec["seed"], "seed"),
+                   n_tokens=_int(rec["n_tokens"], "n_tokens"), ids=_ints(rec["ids"], "ids"),
+                   spans={k: _ints(v, f"spans.{k}") for k, v in spans.items()},
+                   answer_ids=_ints(rec.get("answer_ids", []), "answer_ids"), params=dict(params))
+
+
+def _int(v, field: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError(f"{field}: expected an integer, found {v!r:.40}")
+    return v
+
+
+def _ints(v, field: str) -> list[int]:
+    """A list of non-negative integers (token ids, span bounds)."""
+    if not isinstance(v, list):
+        raise ValueError(f"{field}: expected a list of integers, found {type(v).__name__}")
+    out = [_int(x, f"{field}[{i}]") for i, x in enumerate(v)]
+    bad = next((i for i, x in enumerate(out) if x < 0), None)
+    if bad is not None:
+        raise ValueError(f"{field}[{bad}]: {out[bad]} is negative")
+    return out
 
 
 @dataclass
@@ -111,8 +143,10 @@ def write_suite(path: Path | str, suite: ProbeSuite) -> Path:
             for p in suite.probes:
                 f.write(json.dumps(p.to_record()) + "\n")
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.filename is None:  # a failed write() (a full disk) names no file
+            e.filename = str(path)
         raise
     return path
 
@@ -120,17 +154,26 @@ def write_suite(path: Path | str, suite: ProbeSuite) -> Path:
 def read_suite(path: Path | str) -> ProbeSuite:
     """Read a suite file; any defect is a :class:`KvfpError` naming the line."""
     path = Path(path)
+    if path.is_dir():
+        raise KvfpError(f"probe suite {path} is a folder; pass the suite file (probes.jsonl) itself", exit_code=2)
     if not path.is_file():
         raise KvfpError(f"probe suite {path} not found (make one with `kvfp probes generate`)", exit_code=2)
     probes, header = [], None
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
+    with open(path, "rb") as f:  # decoded line by line, so that a binary file is refused naming its line
+        for n, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise KvfpError(f"{path}:{n}: not UTF-8 text ({e.reason} at byte {e.start}); a probe suite is "
+                                f"JSON lines") from None
             if not line.strip():
                 continue
             try:
                 rec = json.loads(line, parse_constant=_no_constants)
             except ValueError as e:
                 raise KvfpError(f"{path}:{n}: not valid JSON ({e})") from None
+            except RecursionError:  # json recurses once per level: a hostile line can exhaust the stack
+                raise KvfpError(f"{path}:{n}: JSON nested too deeply (a probe record nests two levels)") from None
             if header is None:
                 if not isinstance(rec, dict) or rec.get("kind") != SUITE_KIND:
                     raise KvfpError(f"{path}:{n}: not a kvfp probe suite (first line must be its header)")
@@ -138,8 +181,8 @@ def read_suite(path: Path | str) -> ProbeSuite:
                 continue
             try:
                 probes.append(Probe.from_record(rec))
-            except (KeyError, TypeError, ValueError) as e:
-                raise KvfpError(f"{path}:{n}: bad probe record ({type(e).__name__}: {e})") from None
+            except (TypeError, ValueError) as e:
+                raise KvfpError(f"{path}:{n}: bad probe record ({e})") from None
     if header is None:
         raise KvfpError(f"{path}: empty file, not a kvfp probe suite")
     suite = ProbeSuite(probes=probes, header={k: v for k, v in header.items() if k not in ("kind", "format")})

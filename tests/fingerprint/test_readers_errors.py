@@ -132,6 +132,12 @@ CASES = [
      r"1: logits: has 2 rows but output_ids has 3 steps"),
     ("kvfp-jsonl logits width", [edited("kvfp", lambda r: r.update(logits=[[0.0] * 5] * 3))],
      r"1: logits: rows have 5 entries, fewer than the tokenizer's \d+ ids"),
+    ("nested too deeply", [sample("completions"), "[" * 100_000], r"2: JSON nested too deeply"),
+    ("kvfp-jsonl chosen logprob vs its top-k entry", [edited("kvfp", lambda r: r.update(token_logprobs=[0.0] * 3))],
+     r"1: topk_ids\[0\]\[0\]: step 0: the chosen token \(id 341\) has logprob -0.5 here but 0.0 as the generated"),
+    ("chat chosen logprob vs its top-k entry", [edited("chat", lambda r: chat_content(r)[0].update(logprob=-0.252))],
+     r"1: choices\[0\].logprobs.content\[0\].top_logprobs\[1\].bytes: step 0: the chosen token \(id \d+\) has "
+     r"logprob -0.25 here but -0.252"),
 ]
 
 
@@ -178,6 +184,26 @@ def test_not_utf8(tmp_path, tok):
     path.write_bytes(json.dumps(sample("text", 1)).encode() + b"\n\xff\xfe\n")
     with pytest.raises(KvfpError, match=r"bin.jsonl:2: not UTF-8 text"):
         read_log(path, tok)
+
+
+def test_chosen_logprob_within_float32_rounding_of_its_entry_is_read(tmp_path, tok, suite):
+    rec = edited("chat", lambda r: chat_content(r)[0].update(logprob=-0.25 - 4e-4))
+    assert read_log(write(tmp_path, rec), tok, suite=suite)[0].token_logprobs[0] == -0.25 - 4e-4
+
+
+def test_a_response_longer_than_the_model_is_refused(tmp_path, tok):
+    rec = sample("kvfp")  # 4 prompt and 3 output tokens
+    path = write(tmp_path, sample("kvfp", 1), rec)
+    assert len(read_log(path, tok, max_positions=7)) == 2
+    with pytest.raises(KvfpError, match=r"log.jsonl:2: prompt \(4 tokens\) and output \(3 tokens\) make 7, more "
+                                        r"than the model's 6 positions"):
+        read_log(path, tok, max_positions=6)
+
+
+def test_a_folder_is_not_a_log(tmp_path, tok):
+    with pytest.raises(KvfpError, match="is a folder") as e:
+        read_log(tmp_path, tok)
+    assert e.value.exit_code == 2
 
 
 def test_missing_file(tmp_path, tok):

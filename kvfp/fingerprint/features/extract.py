@@ -98,7 +98,9 @@ def features(obs: Observation, ref, tier: str, probe=None) -> np.ndarray:
     x = np.array([values[n] for n in names], dtype=np.float64)
     if not np.all(np.isfinite(x)):
         bad = [n for n, v in zip(names, x) if not np.isfinite(v)]
-        raise RuntimeError(f"non-finite features at {tier}: {bad[:5]}")
+        # finite inputs whose size no model produces (logits near float32's limit) end here
+        raise KvfpError(f"the responses give non-finite features at tier {tier} ({', '.join(bad[:5])}): the log holds "
+                        f"numbers out of any model's range")
     return x
 
 

@@ -23,7 +23,8 @@ from kvfp.probes import ProbeSuite, read_suite
 _READERS = {m.NAME: m.read for m in (kvfp_jsonl, openai_completions, openai_chat, text)}
 
 
-def read_log(path: Path | str, tokenizer, format: str = "auto", suite: ProbeSuite | None = None) -> list[Observation]:
+def read_log(path: Path | str, tokenizer, format: str = "auto", suite: ProbeSuite | None = None,
+             max_positions: int | None = None) -> list[Observation]:
     """Read an endpoint log.
 
     Parameters
@@ -32,6 +33,8 @@ def read_log(path: Path | str, tokenizer, format: str = "auto", suite: ProbeSuit
     tokenizer : the served model's tokenizer (maps token strings and bytes back to ids)
     format : one of :data:`FORMATS`, or ``"auto"`` (from the first non-empty line's keys)
     suite : the probe suite that lines naming only ``kvfp.probe_id`` are looked up in
+    max_positions : the served model's context length; a response whose prompt and output
+        together exceed it is refused (that model cannot have produced it)
 
     Returns
     -------
@@ -40,6 +43,8 @@ def read_log(path: Path | str, tokenizer, format: str = "auto", suite: ProbeSuit
     if format != "auto" and format not in FORMATS:
         raise UnknownNameError(f"unknown log format {format!r}; formats are auto, {', '.join(FORMATS)}")
     path = Path(path)
+    if path.is_dir():
+        raise KvfpError(f"log {path} is a folder; pass the log file (JSON lines) itself", exit_code=2)
     if not path.is_file():
         raise KvfpError(f"log {path} not found", exit_code=2)
     table = token_table(tokenizer)
@@ -59,16 +64,16 @@ def read_log(path: Path | str, tokenizer, format: str = "auto", suite: ProbeSuit
         raws += _READERS[fmt](rec, line, table)
     if not raws:
         raise KvfpError(f"{path}: empty file, no log lines")
-    return assemble(raws, table, tokenizer, suite)
+    return assemble(raws, table, tokenizer, suite, max_positions)
 
 
-def load_observations(path: Path | str, tokenizer, fmt: str = "auto",
-                      suite: ProbeSuite | Path | str | None = None) -> list[Observation]:
+def load_observations(path: Path | str, tokenizer, fmt: str = "auto", suite: ProbeSuite | Path | str | None = None,
+                      max_positions: int | None = None) -> list[Observation]:
     """:func:`read_log` for commands: ``suite`` may be a suite file, and the only exception a
     user's mistake raises is :class:`KvfpError`."""
     if suite is not None and not isinstance(suite, ProbeSuite):
         suite = read_suite(suite)
-    return read_log(path, tokenizer, format=fmt, suite=suite)
+    return read_log(path, tokenizer, format=fmt, suite=suite, max_positions=max_positions)
 
 
 def _lines(path: Path):

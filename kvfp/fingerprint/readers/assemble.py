@@ -19,6 +19,8 @@ from kvfp.probes import ProbeSuite
 
 # the chosen token's logprob and its own top-k entry come from one computation, up to rounding
 SAME_LOGPROB = 1e-5
+# beyond this the two disagree: float32 rounding, even through a second softmax, stays far below it
+CONSISTENT_LOGPROB = 1e-3
 
 
 @dataclass
@@ -32,10 +34,12 @@ class _Staged:
     notes: list[str]
 
 
-def assemble(raws: list[RawChoice], table: TokenTable, tokenizer, suite: ProbeSuite | None) -> list[Observation]:
-    """One observation per choice, in file order."""
+def assemble(raws: list[RawChoice], table: TokenTable, tokenizer, suite: ProbeSuite | None,
+             max_positions: int | None = None) -> list[Observation]:
+    """One observation per choice, in file order; ``max_positions`` (the model's context length)
+    refuses a response longer than the model can hold."""
     probes = suite.by_id() if suite is not None else {}
-    staged = [_stage(raw, table, tokenizer, suite, probes) for raw in raws]
+    staged = [_stage(raw, table, tokenizer, suite, probes, max_positions) for raw in raws]
     k, plus_one = _infer_k(staged)
     return [_observation(s, k, plus_one) for s in staged]
 
@@ -46,8 +50,12 @@ def _label(raw: RawChoice) -> str:
                                    else "")
 
 
-def _stage(raw: RawChoice, table: TokenTable, tokenizer, suite, probes) -> _Staged:
+def _stage(raw: RawChoice, table: TokenTable, tokenizer, suite, probes, max_positions: int | None) -> _Staged:
     prompt_ids, probe_id = resolve_prompt(raw, suite, probes)
+    bad = next((i for i in prompt_ids if i >= table.size), None)  # a log's own ids are checked as read; a suite's not
+    if bad is not None:
+        raise raw.line.error("kvfp.probe_id", f"probe {probe_id!r} of the suite given holds token id {bad}, outside "
+                                              f"the tokenizer's {table.size} ids (a suite for another tokenizer)")
     notes: list[str] = []
     named = raw.kvfp.get("probe_id")
     if suite is not None and named is not None and probe_id is None:
@@ -61,6 +69,13 @@ def _stage(raw: RawChoice, table: TokenTable, tokenizer, suite, probes) -> _Stag
         res = resolve_chosen([t.ids for t in raw.chosen], raw.text, table)
         output_ids = res.ids
         notes += _chosen_notes(raw, res)
+    total = len(prompt_ids) + len(output_ids)
+    if max_positions is not None and total > max_positions:
+        # checked before any replay: the model cannot have produced it, and replaying would run past
+        # its positions (and take minutes) for nothing
+        raise raw.line.error(None, f"prompt ({len(prompt_ids)} tokens) and output ({len(output_ids)} tokens) make "
+                                   f"{total}, more than the model's {max_positions} positions: this model cannot "
+                                   f"have produced this response")
     topk, merged = (None, set()) if raw.topk is None else _map_topk(raw, output_ids, notes)
     return _Staged(raw, prompt_ids, probe_id, output_ids, topk, merged, notes)
 
@@ -121,6 +136,7 @@ def _map_topk(raw: RawChoice, output_ids: list[int], notes: list[str]):
                 raise raw.line.error(tok.field, f"token id {i} appears twice in one top-k list")
             used.add(i)
             row[j] = (i, lp)
+        _check_chosen_entry(raw, t, row, entries, chosen, clp)
         out.append(row)
     where = f"{_label(raw)}: top-k ({raw.topk_field.format(t='…')})"
     if dropped:
@@ -131,6 +147,17 @@ def _map_topk(raw: RawChoice, output_ids: list[int], notes: list[str]):
         notes.append(f"{where} at {_steps(sorted(merged))}: keyed by a token string several ids share; a list "
                      f"keyed by string holds one of them, so the others may be missing")
     return out, merged
+
+
+def _check_chosen_entry(raw: RawChoice, t: int, row, entries, chosen: int, clp: float | None) -> None:
+    """Refuse a step whose top-k entry for the chosen token disagrees with that token's own logprob."""
+    if clp is None:
+        return
+    for (i, lp), (tok, _) in zip(row, entries):
+        if i == chosen and abs(lp - clp) > CONSISTENT_LOGPROB:
+            raise raw.line.error(tok.field, f"step {t}: the chosen token (id {i}) has logprob {lp} here but {clp} "
+                                            f"as the generated token's logprob; a server computes both in one "
+                                            f"pass, so the log is inconsistent")
 
 
 def _infer_k(staged: list[_Staged]) -> tuple[int | None, bool]:

@@ -14,6 +14,8 @@ from kvfp.errors import KvfpError
 
 # A logprob is at most 0; servers compute it in float32, so a rounding hair above 0 is tolerated.
 LOGPROB_SLACK = 1e-6
+# and never far below the float32 logits' range; -9999 (vLLM's stand-in for -inf) stays inside
+LOGPROB_FLOOR = -1e5
 
 
 class JsonObject(dict):
@@ -45,6 +47,8 @@ class Line:
             rec = json.loads(text, object_pairs_hook=_object)
         except ValueError as e:
             raise self.error(None, f"not valid JSON ({e})") from None
+        except RecursionError:  # json's decoder recurses once per level: a hostile line can exhaust the stack
+            raise self.error(None, "JSON nested too deeply (no log format nests more than a few levels)") from None
         if not isinstance(rec, dict):
             raise self.error(None, f"expected a JSON object, found {type(rec).__name__}")
         return rec
@@ -95,6 +99,9 @@ def as_logprob(line: Line, v, field: str) -> float:
     x = as_float(line, v, field)
     if x > LOGPROB_SLACK:
         raise line.error(field, f"logprob {x} > 0 (a log-probability is never positive)")
+    if x < LOGPROB_FLOOR:
+        raise line.error(field, f"logprob {x:g} is below {LOGPROB_FLOOR:g}, which no float32 softmax gives (servers "
+                                f"write -9999 for an impossible token)")
     return x
 
 
