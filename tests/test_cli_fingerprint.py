@@ -152,6 +152,8 @@ def test_identify_refuses_a_broken_log_or_suite_before_any_replay(trained, tmp_p
 
     _, clf, _, _ = trained
     monkeypatch.setattr(ReferenceRunner, "references", lambda *a, **k: pytest.fail("replayed"))
+    # nor are the model's weights loaded: every input is checked first
+    monkeypatch.setattr("kvfp.models.load", lambda *a, **k: pytest.fail("loaded the model before checking inputs"))
     log = tmp_path / "log.jsonl"
     if body is None:
         log.mkdir()

@@ -59,25 +59,30 @@ def identify_log(log: Path | str, model_name: str, classifier: Path | str, *, ti
                  log_progress=lambda msg: None) -> Report:
     """Read ``log``, replay its tokens with ``model_name`` at the reference settings, and let the
     classifier at ``classifier`` name the scheme."""
+    from kvfp.compressors.calibration import model_fingerprint
     from kvfp.fingerprint.evidence import profile
     from kvfp.fingerprint.features.extract import feature_matrix
-    from kvfp.fingerprint.persist import load_for_model
+    from kvfp.fingerprint.persist import check_manifest, load_fingerprinter, tokenizer_hash
     from kvfp.fingerprint.readers import load_observations
     from kvfp.fingerprint.reference import REFERENCE
     from kvfp.models import load
     from kvfp.probes import read_suite
-    from kvfp.probes.model_tokenizer import model_max_positions
+    from kvfp.probes.model_tokenizer import load_tokenizer
 
     if not Path(classifier).exists():
         raise KvfpError(f"classifier {classifier} not found (train one with `kvfp train`)", exit_code=2)
-    model, tok = load(model_name, dtype=REFERENCE[1], attn=REFERENCE[2])
-    trained = load_for_model(classifier, model, tok)
+    # every input is read and checked before the model's weights load (seconds to minutes): a mistake in
+    # the log, the suite or the classifier costs the user no wait
+    tok, max_positions = load_tokenizer(model_name)
+    trained = load_fingerprinter(classifier, tokenizer_hash=tokenizer_hash(tok))
     suite = read_suite(probes) if probes is not None else None
-    observations = load_observations(log, tok, fmt=fmt, suite=suite, max_positions=model_max_positions(model.config))
+    observations = load_observations(log, tok, fmt=fmt, suite=suite, max_positions=max_positions)
     if not observations:
         raise KvfpError(f"{log} holds no responses")
     notes = list(trained.notes) + [n for o in observations for n in o.notes]
     chosen = choose_tier(observations, list(trained.tiers), tier)
+    model, _ = load(model_name, dtype=REFERENCE[1], attn=REFERENCE[2])
+    check_manifest(trained.manifest, str(classifier), weights_hash=model_fingerprint(model))
     by_id = suite.by_id() if suite is not None else {}
     if suite is None:
         notes.append("no --probes suite given: position-to-planted-span profiles are empty, which weakens "
