@@ -65,6 +65,20 @@ def test_collect_refuses_topk_beyond_the_vocabulary(tmp_path, suite_file):
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.parametrize("scheme, needle", [("svd-r100000", "rank exceeds this model's head_dim (32)"),
+                                            ("mla-100000", "the latent can have at most")])
+def test_a_scheme_the_model_cannot_take_is_refused_before_any_output(tmp_path, suite_file, scheme, needle):
+    r = runner.invoke(app, ["collect", "--model", "kvfp-tiny", "--scheme", scheme, "--probes", str(suite_file),
+                            "--out", str(tmp_path / "d"), "--new-tokens", "2"])
+    assert_refused(r, 2, needle)
+    assert not (tmp_path / "d").exists()
+
+
+def test_serve_refuses_a_scheme_the_model_cannot_take_before_serving():
+    r = runner.invoke(app, ["serve", "--model", "kvfp-tiny", "--scheme", "svd-r100000", "--port", "1"])
+    assert_refused(r, 2, "svd-r100000: rank exceeds")
+
+
 @pytest.fixture
 def broken_model(tmp_path):
     folder = tmp_path / "model"

@@ -53,6 +53,8 @@ def collect(spec: CollectSpec, *, reference: bool = True, summary: bool = True, 
     vocab = model.get_output_embeddings().weight.shape[0]  # the logits' width, which top-k picks from
     if spec.topk > vocab:  # the traces would hold the whole vocabulary under a manifest saying topk
         raise KvfpError(f"--topk {spec.topk} exceeds {spec.model}'s vocabulary of {vocab} tokens", exit_code=2)
+    for s in schemes:  # a parameter the model cannot take (svd-r100000) is refused before the folder exists
+        s.check_model(model)
     engines.install(model, engines.for_model(spec.model, spec.engine, flash_attn=spec.flash_attn))
     suite = load_suite(spec.probes, tok, model_name=spec.model, new_tokens=spec.new_tokens,
                        model_max=getattr(model.config, "max_position_embeddings", None))

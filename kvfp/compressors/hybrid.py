@@ -43,6 +43,10 @@ class Hybrid(Scheme):
             params={**a.params, **b.params},
         )
 
+    def check_model(self, model) -> None:
+        self.evict.check_model(model)
+        self.store.check_model(model)
+
     def prepare(self, model):
         return {"evict": self.evict.prepare(model), "store": self.store.prepare(model)}
 

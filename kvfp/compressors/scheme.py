@@ -36,6 +36,10 @@ class Scheme:
     def gene(self) -> Gene:
         raise NotImplementedError
 
+    def check_model(self, model) -> None:
+        """Raise a KvfpError when this scheme's parameters cannot apply to ``model`` (a rank above
+        its head_dim…). Cheap: commands call it before they create any output."""
+
     def prepare(self, model) -> dict | None:
         """Model-specific data (calibration) computed once per attach; None for most schemes."""
         return None

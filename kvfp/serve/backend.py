@@ -55,6 +55,7 @@ class Backend:
         if config.threads:
             torch.set_num_threads(config.threads)
         self.model, self.tokenizer = load(config.model, dtype=config.dtype, device=config.device, attn=config.attn)
+        self.scheme.check_model(self.model)  # refused at start, not as a 500 on the first request
         self.max_positions = model_max_positions(self.model.config)
         if self.max_positions is None:
             raise KvfpError(f"{config.model}: its config names no maximum number of positions", exit_code=2)

@@ -163,16 +163,19 @@ class LatentMLA(Scheme):
             params={"rank": self.latent, "rope_pairs": self.rope_pairs},
         )
 
-    def calibration(self, model) -> dict[str, torch.Tensor]:
-        """The whole fit (:func:`fit_joint_latent`), loaded or computed and cached on disk."""
+    def check_model(self, model) -> None:
         heads, head_dim = kv_shape(model)
         if 2 * self.rope_pairs > head_dim:
-            raise KvfpError(f"{self.name}: this model's keys have only {head_dim // 2} RoPE pairs")
+            raise KvfpError(f"{self.name}: this model's keys have only {head_dim // 2} RoPE pairs", exit_code=2)
         width = heads * (head_dim - 2 * self.rope_pairs) + heads * head_dim
         if self.latent > width:
             raise KvfpError(f"{self.name}: the latent can have at most {width} dims on this model "
                             f"({heads} KV heads × (head_dim {head_dim} − {2 * self.rope_pairs} RoPE dims + "
-                            f"{head_dim} value dims))")
+                            f"{head_dim} value dims))", exit_code=2)
+
+    def calibration(self, model) -> dict[str, torch.Tensor]:
+        """The whole fit (:func:`fit_joint_latent`), loaded or computed and cached on disk."""
+        self.check_model(model)
         return cached_fit(model, self.fit_name, partial(fit_joint_latent, pairs=self.rope_pairs, latent=self.latent))
 
     @property

@@ -117,11 +117,14 @@ class LowRankSVD(Scheme):
             params={"rank": k if k == v else (k + v) / 2, "k_rank": k, "v_rank": v},
         )
 
-    def calibration(self, model) -> dict[str, torch.Tensor]:
-        """The whole fit (:func:`fit_head_bases`), loaded or computed and cached on disk."""
+    def check_model(self, model) -> None:
         _, head_dim = kv_shape(model)
         if max(self.k_rank, self.v_rank) > head_dim:
-            raise KvfpError(f"{self.name}: rank exceeds this model's head_dim ({head_dim})")
+            raise KvfpError(f"{self.name}: rank exceeds this model's head_dim ({head_dim})", exit_code=2)
+
+    def calibration(self, model) -> dict[str, torch.Tensor]:
+        """The whole fit (:func:`fit_head_bases`), loaded or computed and cached on disk."""
+        self.check_model(model)
         return cached_fit(model, FIT_NAME, fit_head_bases)
 
     def prepare(self, model) -> dict:
