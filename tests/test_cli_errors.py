@@ -154,3 +154,21 @@ def test_device_strings_against_a_machine_with_one_gpu(monkeypatch):
     with pytest.raises(KvfpError, match=r"has 1 CUDA device\(s\), cuda:0 to cuda:0") as e:
         check_device("cuda:1")
     assert e.value.exit_code == 2
+
+
+def test_a_damaged_shard_is_set_aside_and_collected_again(tmp_path, suite_file):
+    out = tmp_path / "d"
+    r = collect(out, probes=suite_file)
+    assert r.exit_code == 0, r.output
+    shard = next((out / "shards").rglob("*.parquet"))
+    whole = shard.read_bytes()
+    shard.write_bytes(whole[: len(whole) // 2])  # a copy cut short
+    r = collect(out, probes=suite_file)
+    assert r.exit_code == 0, r.output
+    assert "unreadable (truncated or damaged)" in r.output
+    aside = list((out / "damaged").rglob(shard.name + ".*"))
+    assert len(aside) == 1 and aside[0].read_bytes() == whole[: len(whole) // 2]  # kept, not deleted
+    from kvfp.datasets import open_dataset
+    from kvfp.probes import read_suite
+
+    assert len(list(open_dataset(out).traces("none"))) == len(read_suite(suite_file).probes)

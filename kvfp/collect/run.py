@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import replace
+from pathlib import Path
 
 from kvfp.collect.folder import check_target, prepare_folder
 from kvfp.collect.progress import UnitProgress
@@ -64,6 +66,8 @@ def collect(spec: CollectSpec, *, reference: bool = True, summary: bool = True, 
     manifest = prepare_folder(spec.out, requested, suite)
     names = [s.name for s in schemes]
     plan = Plan(spec.out, manifest, suite, names, reference=reference)
+    for path in set_aside_damaged(plan):
+        log(f"a shard was unreadable (truncated or damaged): kept aside as {path} and collected again")
     done_before = sum(plan.done(u) for u in plan.units)
     if done_before:
         log(f"{spec.out}: {done_before} of {len(plan.units)} units already done; running the rest")
@@ -91,6 +95,30 @@ def collect(spec: CollectSpec, *, reference: bool = True, summary: bool = True, 
     if summary:
         result["schemes"] = summarize(ds, plan, names)
     return result
+
+
+def set_aside_damaged(plan: Plan) -> list[Path]:
+    """Rename every finished unit whose file no longer reads (its Parquet footer) so that it runs again.
+
+    kvfp publishes shards whole, so such a file was damaged afterwards (a copy cut short, a disk
+    fault); it is kept, renamed, rather than deleted: nothing already written is thrown away.
+    """
+    from kvfp.datasets.shards import check_shard_schema
+
+    moved = []
+    for unit in plan.units:
+        path = plan.target(unit)
+        if not path.is_file():
+            continue
+        try:
+            check_shard_schema(path)
+        except KvfpError:
+            # outside shards/, which holds shards only
+            aside = plan.out / "damaged" / path.relative_to(plan.out).parent / f"{path.name}.{int(time.time())}"
+            aside.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, aside)
+            moved.append(aside)
+    return moved
 
 
 @contextmanager
