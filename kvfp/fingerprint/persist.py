@@ -283,8 +283,24 @@ def load_fingerprinter(path: Path | str, *, model_id: str | None = None, weights
             out.feature_names[tier] = names
     except (KeyError, TypeError, ValueError) as e:
         raise KvfpError(f"{path}: damaged classifier ({type(e).__name__}: {e})") from None
+    _check_candidates(out.candidates, path)
     trial_predictions(out, str(path))
     return out
+
+
+def _check_candidates(candidates, path: Path) -> None:
+    """Every candidate the classifier replays must be a scheme this kvfp knows; the message names the
+    classifier, not the grammar (the user never typed that name)."""
+    from kvfp.compressors import parse_scheme
+
+    if not isinstance(candidates, list) or not all(isinstance(c, str) for c in candidates):
+        raise KvfpError(f"{path}: damaged classifier (manifest.candidates is not a list of scheme names)", exit_code=2)
+    for c in candidates:
+        try:
+            parse_scheme(c)
+        except KvfpError:
+            raise KvfpError(f"{path}: the classifier replays candidate scheme {c!r}, which this kvfp does not know "
+                            f"(trained by another kvfp version, or altered)", exit_code=2) from None
 
 
 def load_for_model(path: Path | str, model, tokenizer, *, model_id: str | None = None,

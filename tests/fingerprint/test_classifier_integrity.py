@@ -115,3 +115,13 @@ def test_identify_json_never_writes_nan():
 
     out = json.dumps(_finite({"p": float("nan"), "q": [1.0, float("inf")], "r": {"s": -math.inf}}), allow_nan=False)
     assert json.loads(out) == {"p": None, "q": [1.0, None], "r": {"s": None}}
+
+
+def test_an_unknown_candidate_scheme_names_the_classifier_not_the_grammar(saved):
+    doc = json.loads((saved / JSON_NAME).read_text())
+    doc["manifest"]["candidates"][1] = "quantum-entangled-kv"
+    (saved / JSON_NAME).write_text(json.dumps(doc))
+    reseal(saved)
+    with pytest.raises(KvfpError, match="candidate scheme 'quantum-entangled-kv', which this kvfp does not know") as e:
+        load_fingerprinter(saved)
+    assert "grammar" not in str(e.value).lower()
