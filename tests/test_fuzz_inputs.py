@@ -177,3 +177,25 @@ def test_the_unmutated_artifacts_identify_cleanly(valid):
                             "--probes", str(suite), "--json"])
     assert r.exit_code == 0, r.output
     assert os.path.getsize(log) > 0
+
+
+# ---- mutations of a dataset folder (kvfp train reads it) ----------------------------------------
+
+@settings(FUZZ, max_examples=10)
+@given(how=MUTATIONS, seed=st.integers(0, 2 ** 31))
+def test_train_on_a_dataset_with_a_mutated_manifest(valid, tmp_path, how, seed):
+    import shutil
+
+    tmp, clf, log, suite = valid
+    data = tmp_path / f"data-{how}-{seed}"
+    shutil.rmtree(data, ignore_errors=True)  # hypothesis may run one example twice
+    shutil.copytree(tmp / "train", data)
+    compact = json.dumps(json.loads((data / "manifest.json").read_text())) + "\n"
+    (data / "manifest.json").write_bytes(mutate_jsonl(compact, how, random.Random(seed)))
+    out = tmp_path / f"clf-{how}-{seed}"
+    shutil.rmtree(out, ignore_errors=True)
+    r = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), "--tier", "topk-20",
+                            "--candidates", "none,int2-pertoken,window-40"])
+    outcome_is_clean(r)
+    if r.exit_code:
+        assert not out.exists() or not any(out.iterdir()), "a failed train left output behind"

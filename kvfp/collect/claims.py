@@ -78,7 +78,7 @@ class Claims:
             return None
         try:
             info = json.loads(text)
-        except ValueError:  # claims are written whole, so this one is damaged: nobody owns it
+        except (ValueError, RecursionError):  # claims are written whole, so this one is damaged: nobody owns it
             info = {"pid": None, "host": socket.gethostname()}
         return info if isinstance(info, dict) else {"pid": None, "host": socket.gethostname()}
 

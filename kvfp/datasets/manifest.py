@@ -16,6 +16,7 @@ import platform
 from pathlib import Path
 
 from kvfp.errors import KvfpError
+from kvfp.json_input import parse_json
 
 KIND = "kvfp-dataset"
 FORMAT = 1
@@ -109,10 +110,7 @@ def read_manifest(folder: Path | str) -> dict:
         raise KvfpError(f"{folder}: no such dataset folder", exit_code=2)
     if not path.is_file():
         raise KvfpError(f"{folder} is not a kvfp dataset: {MANIFEST} is missing (make one with `kvfp collect`)")
-    try:
-        m = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise KvfpError(f"{path}: not valid JSON ({e})") from None
+    m = parse_json(path.read_bytes(), str(path))
     if not isinstance(m, dict) or m.get("kind") != KIND:
         kind = m.get("kind") if isinstance(m, dict) else type(m).__name__
         raise KvfpError(f"{path}: kind is {kind!r}, not {KIND!r}: this folder is not a kvfp dataset")

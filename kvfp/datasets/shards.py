@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from kvfp.datasets.atomic import publish_new
 from kvfp.errors import KvfpError
+from kvfp.json_input import parse_json
 from kvfp.runner.trace import Trace
 
 SHARD_FORMAT = "1"
@@ -101,10 +102,7 @@ def table_to_traces(table: pa.Table, where: str = "shard") -> list[Trace]:
     logits = table.column("logits")
     out = []
     for i in range(table.num_rows):
-        try:
-            meta = json.loads(plain["meta"][i])
-        except ValueError as e:
-            raise KvfpError(f"{where}: row {i}: meta is not valid JSON ({e})") from None
+        meta = parse_json(plain["meta"][i], f"{where}: row {i}: meta")
         steps = len(plain["output_ids"][i])
         cell = logits[i]
         lg = None

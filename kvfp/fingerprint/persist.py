@@ -33,6 +33,7 @@ from kvfp.fingerprint.estimators.state import get_state, set_state
 from kvfp.fingerprint.features.extract import FEATURES_VERSION, feature_names
 from kvfp.fingerprint.integrity import DIGEST_KEY, check_digest, check_finite, make_digest, trial_predictions
 from kvfp.fingerprint.observation import TIERS
+from kvfp.json_input import parse_json
 
 KIND = "kvfp-fingerprinter"
 # format 2 records an integrity digest (kvfp.fingerprint.integrity); format 1 files, saved before it
@@ -244,11 +245,7 @@ def load_fingerprinter(path: Path | str, *, model_id: str | None = None, weights
     jpath, apath = path / JSON_NAME, path / ARRAYS_NAME
     if not jpath.is_file() or not apath.is_file():
         raise KvfpError(f"{path} is not a saved kvfp classifier (it needs {JSON_NAME} and {ARRAYS_NAME})", exit_code=2)
-    try:
-        doc = json.loads(jpath.read_bytes().decode("utf-8"), parse_constant=_no_constants)
-    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
-        why = "nested too deeply" if isinstance(e, RecursionError) else str(e)
-        raise KvfpError(f"{jpath}: not valid JSON ({why})") from None
+    doc = parse_json(jpath.read_bytes(), str(jpath), parse_constant=_no_constants)
     if not isinstance(doc, dict) or doc.get("kind") != KIND:
         raise KvfpError(f"{jpath}: not a kvfp classifier file")
     if doc.get("format") not in READABLE_FORMATS:
