@@ -94,9 +94,11 @@ def identify_log(log: Path | str, model_name: str, classifier: Path | str, *, ti
     X = feature_matrix(observations, runner, [chosen], by_id)[chosen]
     pooled = trained.identify(X, chosen, pooled=True, top=top)
     singles = trained.identify(X, chosen, top=top)
-    refs = list(runner.references(observations))  # from the replay cache just filled
-    evidence = profile(observations, refs, chosen)
-    alike = _indistinguishable(str(pooled.verdict), refs)
+    # one pass over the replays (from the cache just filled), one observation's at a time: holding them all
+    # grew memory with the log's length ((2 + candidates) x steps x vocab floats per response)
+    look = _LookAlikes(str(pooled.verdict))
+    evidence = profile(observations, look.watch(runner.references(observations)), chosen)
+    alike = look.result()
     if alike:
         notes.append(f"on these probes {', '.join(alike)} give exactly the outputs of {pooled.verdict}: "
                      "no classifier can tell them apart from this log (longer or other probes can)")
@@ -113,11 +115,26 @@ def identify_log(log: Path | str, model_name: str, classifier: Path | str, *, ti
     )
 
 
-def _indistinguishable(verdict: str, refs) -> list[str]:
-    """Candidates whose replay equals ``verdict``'s on every reference (none when it is no candidate)."""
-    from kvfp.fingerprint.evaluation.lookalike import same_replay
+class _LookAlikes:
+    """Candidates whose replay equals ``verdict``'s on every reference (none when it is no candidate),
+    gathered while the references stream past."""
 
-    if not refs or any(verdict not in r.candidates for r in refs):
-        return []
-    return [c for c in refs[0].candidates
-            if c != verdict and all(same_replay(r.candidates[verdict], r.candidates[c]) for r in refs)]
+    def __init__(self, verdict: str):
+        self.verdict, self.alike, self.seen = verdict, None, 0
+
+    def watch(self, refs):
+        from kvfp.fingerprint.evaluation.lookalike import same_replay
+
+        for r in refs:
+            self.seen += 1
+            if self.verdict not in r.candidates:
+                self.alike = []
+            elif self.alike is None:
+                self.alike = [c for c in r.candidates if c != self.verdict
+                              and same_replay(r.candidates[self.verdict], r.candidates[c])]
+            else:
+                self.alike = [c for c in self.alike if same_replay(r.candidates[self.verdict], r.candidates[c])]
+            yield r
+
+    def result(self) -> list[str]:
+        return self.alike or []

@@ -4,12 +4,19 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from kvfp.fingerprint.identify import _indistinguishable
+from kvfp.fingerprint.identify import _LookAlikes
 from kvfp.fingerprint.reference import Replay
 
 
 def ref(**cands):
     return SimpleNamespace(candidates={k: Replay(np.asarray(v, dtype=np.float32)) for k, v in cands.items()})
+
+
+def _indistinguishable(verdict, refs):
+    look = _LookAlikes(verdict)
+    passed = list(look.watch(iter(refs)))  # the references stream through, unchanged and in order
+    assert passed == refs
+    return look.result()
 
 
 def test_only_candidates_equal_on_every_response_are_named():
