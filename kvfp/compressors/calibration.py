@@ -92,6 +92,17 @@ def capture_kv(model, tokenizer=None) -> list[dict[str, torch.Tensor]]:
     return out
 
 
+def _load_fit(path: Path) -> dict | None:
+    """A cached fit, or ``None`` (recompute it) when the file is damaged or holds non-finite values."""
+    try:
+        result = load_file(str(path))
+    except Exception:  # safetensors reports a damaged file in several exception types
+        return None
+    if not result or any(v.is_floating_point() and not torch.isfinite(v).all() for v in result.values()):
+        return None
+    return result
+
+
 def cached_fit(model, scheme_name: str, fit: Callable[[list[dict]], dict[str, torch.Tensor]]) -> dict:
     """Load this scheme's calibration for this model, or compute it with ``fit`` and store it.
 
@@ -103,9 +114,8 @@ def cached_fit(model, scheme_name: str, fit: Callable[[list[dict]], dict[str, to
     if key in _memory:
         return _memory[key]
     path = cache_dir() / fp / f"{scheme_name}.v{CALIBRATION_VERSION}.safetensors"
-    if path.is_file():
-        result = load_file(str(path))
-    else:
+    result = _load_fit(path) if path.is_file() else None
+    if result is None:
         result = {k: v.contiguous().cpu() for k, v in fit(capture_kv(model)).items()}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")

@@ -271,6 +271,9 @@ class ReferenceRunner:
         todo = []
         for i in range(len(obs)):
             got = self._load(keys[i]) if keys is not None else None
+            if got is not None and (got.logits.shape[0] != len(obs[i].output_ids) or (
+                    got.prompt_logprobs is not None and len(got.prompt_logprobs) != len(obs[i].prompt_ids))):
+                got = None  # an entry of another shape answers another question: recompute it
             if got is None:
                 todo.append(i)
             else:
@@ -310,7 +313,14 @@ class ReferenceRunner:
             t = load_file(str(path))
         except Exception:  # a damaged cache entry is recomputed, never trusted
             return None
-        return Replay(logits=t["logits"], prompt_logprobs=t.get("prompt_logprobs"))
+        logits, plp = t.get("logits"), t.get("prompt_logprobs")
+        # an entry that reads but holds the wrong thing (another kvfp's layout, values gone bad) is
+        # recomputed too: a replay is evidence, and a cache must not be able to change a verdict
+        if logits is None or logits.ndim != 2 or logits.dtype.kind != "f" or not np.isfinite(logits).all():
+            return None
+        if plp is not None and (plp.ndim != 1 or plp.dtype.kind != "f"):
+            return None
+        return Replay(logits=logits, prompt_logprobs=plp)
 
     def _store(self, key: str, rep: Replay) -> None:
         from safetensors.numpy import save_file
