@@ -172,3 +172,17 @@ def test_a_damaged_shard_is_set_aside_and_collected_again(tmp_path, suite_file):
     from kvfp.probes import read_suite
 
     assert len(list(open_dataset(out).traces("none"))) == len(read_suite(suite_file).probes)
+
+
+def test_a_model_folder_with_pickled_weights_only_is_refused(tmp_path, suite_file):
+    import torch
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(PACKAGED["kvfp-tiny"], folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    torch.save(weights, folder / "pytorch_model.bin")
+    r = collect(tmp_path / "d", probes=suite_file, model=str(folder))
+    assert_refused(r, 1, str(folder))
+    assert not (tmp_path / "d").exists()

@@ -116,7 +116,8 @@ def load(name_or_path: str, dtype: str = "float32", device: str = "cpu", attn: s
         raise UnknownNameError(f"unknown attention implementation {attn!r}; choose eager or sdpa")
     check_device(device)
     target, source = resolve(name_or_path)
-    kwargs = {"dtype": DTYPES[dtype], "attn_implementation": attn}
+    # safetensors only: a folder from a stranger may hold pickled weights, and kvfp runs no code from a file
+    kwargs = {"dtype": DTYPES[dtype], "attn_implementation": attn, "use_safetensors": True}
     if source == "hub":
         online = os.environ.get("HF_HUB_OFFLINE") != "1" and _hub_reachable()
         attempts = [True, False] if online else [True]
