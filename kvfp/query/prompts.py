@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from kvfp.fingerprint.readers.resolve import resolve_chosen
 from kvfp.fingerprint.readers.tokens import token_table
+from kvfp.models.chat import chat_prompt_ids
 
 
 @dataclass
@@ -37,13 +38,7 @@ class PromptText:
 
     def chat_ids(self, ids: list[int]) -> list[int]:
         """The chat template applied to the probe as one user message, the assistant's turn opened."""
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError("the tokenizer has no chat template")
-        out = self.tokenizer.apply_chat_template([{"role": "user", "content": self.text(ids)}],
-                                                 add_generation_prompt=True, tokenize=True)
-        if isinstance(out, dict) or hasattr(out, "input_ids"):
-            out = out["input_ids"]
-        return [int(i) for i in out]
+        return chat_prompt_ids(self.tokenizer, [{"role": "user", "content": self.text(ids)}])
 
 
 def echoed_ids(tokens: list[str], sent: str, tokenizer) -> tuple[list[int] | None, str]:

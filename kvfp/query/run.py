@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -131,6 +132,10 @@ class _Asker:
         block.update(prompt_check=check, query=spec.settings())
         resp = {k: v for k, v in resp.items() if k != "kvfp"}
         resp["kvfp"] = block
+        try:  # the log holds valid JSON only: a response with NaN or Infinity is refused here
+            json.dumps(resp, allow_nan=False)
+        except ValueError:
+            raise BadResponse("the response holds NaN or Infinity") from None
         return resp, seen
 
     def record(self, seen: Seen, check: str) -> None:
@@ -180,6 +185,9 @@ def query(spec: QuerySpec, *, progress: Callable[[int, int], None] | None = None
     _validate(spec)
     key = _api_key(spec)
     tokenizer, suite = _load_suite(spec)
+    if spec.api == "chat" and not getattr(tokenizer, "chat_template", None):
+        raise KvfpError(f"--api chat: the tokenizer of {spec.tokenizer_model or spec.model_name!r} has no chat "
+                        f"template, so the prompt the model sees cannot be known; use --api completions", exit_code=2)
     qlog = QueryLog(spec.out, spec.settings(), suite.hash)
     qlog.open()
     summary = Summary(probes=len(suite.probes), answered_before=len(qlog.answered), torn_tail_bytes=qlog.torn)
@@ -218,9 +226,6 @@ def query(spec: QuerySpec, *, progress: Callable[[int, int], None] | None = None
                         qlog.append(record)
                     except (RequestFailed, BadResponse) as e:
                         failure = failure or KvfpError(f"probe {p.id}: {e}")
-                        continue
-                    except ValueError:  # NaN or Infinity in the response: not valid JSON to log
-                        failure = failure or KvfpError(f"probe {p.id}: the response holds NaN or Infinity")
                         continue
                     except OSError as e:
                         failure = failure or KvfpError(f"cannot write the log {spec.out}: {e.strerror or e}")

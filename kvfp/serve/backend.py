@@ -71,10 +71,9 @@ class Backend:
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
         """The chat template applied to ``messages``, with the assistant's turn opened."""
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict) or hasattr(ids, "input_ids"):
-            ids = ids["input_ids"]
-        return [int(i) for i in ids]
+        from kvfp.models.chat import chat_prompt_ids
+
+        return chat_prompt_ids(self.tokenizer, messages)
 
     def complete(self, prompt_ids: list[int], max_tokens: int, top: int, prompt_logprobs: bool,
                  ignore_eos: bool) -> Completion:

@@ -82,3 +82,14 @@ def test_a_log_of_other_settings_or_another_suite_is_not_resumed(tmp_path):
     (tmp_path / "foreign.jsonl").write_text('{"choices": []}\n')
     with pytest.raises(KvfpError, match="not a kvfp query log line"):
         QueryLog(tmp_path / "foreign.jsonl", {}, "s").open()
+
+
+def test_chat_against_a_model_without_a_template_is_refused_before_sending(tmp_path, tiny):
+    from typer.testing import CliRunner
+
+    from kvfp.cli.app import app
+
+    r = CliRunner().invoke(app, ["query", "--url", "http://127.0.0.1:9", "--model-name", "kvfp-tiny", "--api", "chat",
+                                 "--probes", "quick", "--out", str(tmp_path / "l.jsonl")])
+    assert r.exit_code == 2 and "no chat" in r.output and "template" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "l.jsonl").exists()
