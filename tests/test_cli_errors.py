@@ -79,14 +79,19 @@ def test_serve_refuses_a_scheme_the_model_cannot_take_before_serving():
     assert_refused(r, 2, "svd-r100000: rank exceeds")
 
 
-@pytest.fixture
-def broken_model(tmp_path):
+def broken_model_folder(tmp_path):
+    """kvfp-tiny copied with a wrong-typed config field (``hidden_size`` as a string)."""
     folder = tmp_path / "model"
     shutil.copytree(PACKAGED["kvfp-tiny"], folder)
     config = json.loads((folder / "config.json").read_text())
     config["hidden_size"] = "64"
     (folder / "config.json").write_text(json.dumps(config))
     return folder
+
+
+@pytest.fixture
+def broken_model(tmp_path):
+    return broken_model_folder(tmp_path)
 
 
 def test_collect_names_a_model_folder_whose_config_is_broken(tmp_path, broken_model, suite_file):

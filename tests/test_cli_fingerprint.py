@@ -32,6 +32,16 @@ def _collect(tmp_path, tok, heldout_ids, name, offset, extra=()):
     return out, suite
 
 
+def train_topk20(tmp_path, tok, heldout_ids):
+    """``(dataset, suite file, classifier)``: SCHEMES collected on held-out text, a top-20 classifier on them."""
+    data, suite = _collect(tmp_path, tok, heldout_ids, "train", 0)
+    clf = tmp_path / "clf"
+    r = runner.invoke(app, ["train", "--data", str(data), "--out", str(clf), "--tier", "topk-20",
+                            "--candidates", ",".join(SCHEMES)])
+    assert r.exit_code == 0, r.output
+    return data, suite, clf
+
+
 @pytest.fixture(scope="module")
 def trained(tiny, heldout_ids, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fp")

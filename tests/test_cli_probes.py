@@ -193,16 +193,9 @@ def test_generate_on_a_full_disk_leaves_no_file(tmp_path, monkeypatch):
 
 
 def test_generate_names_a_model_folder_whose_config_is_broken(tmp_path):
-    import shutil
+    from tests.test_cli_errors import assert_refused, broken_model_folder
 
-    from kvfp.models.loading import PACKAGED
-    from tests.test_cli_errors import assert_refused
-
-    folder = tmp_path / "model"
-    shutil.copytree(PACKAGED["kvfp-tiny"], folder)
-    config = json.loads((folder / "config.json").read_text())
-    config["hidden_size"] = "64"
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = broken_model_folder(tmp_path)
     out = tmp_path / "p.jsonl"
     assert_refused(_generate(out, folder), 1, f"model folder {folder} does not load", "'hidden_size' expected int")
     assert not out.exists()

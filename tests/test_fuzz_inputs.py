@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from kvfp.cli.app import app
-from tests.test_cli_fingerprint import _collect
+from tests.test_cli_fingerprint import SCHEMES, train_topk20
 
 runner = CliRunner()
 FUZZ = settings(max_examples=30, deadline=None, derandomize=True, database=None,
@@ -31,11 +31,7 @@ def valid(tiny, heldout_ids, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("KVFP_CACHE", str(tmp / "cache"))
     _, tok = tiny
-    data, suite = _collect(tmp, tok, heldout_ids, "train", 0)
-    clf = tmp / "clf"
-    r = runner.invoke(app, ["train", "--data", str(data), "--out", str(clf), "--tier", "topk-20",
-                            "--candidates", "none,int2-pertoken,window-40"])
-    assert r.exit_code == 0, r.output
+    data, suite, clf = train_topk20(tmp, tok, heldout_ids)
     log = tmp / "log.jsonl"
     r = runner.invoke(app, ["export", str(data), "--format", "openai-completions", "--scheme", "int2-pertoken",
                             "--out", str(log)])
@@ -195,7 +191,7 @@ def test_train_on_a_dataset_with_a_mutated_manifest(valid, tmp_path, how, seed):
     out = tmp_path / f"clf-{how}-{seed}"
     shutil.rmtree(out, ignore_errors=True)
     r = runner.invoke(app, ["train", "--data", str(data), "--out", str(out), "--tier", "topk-20",
-                            "--candidates", "none,int2-pertoken,window-40"])
+                            "--candidates", ",".join(SCHEMES)])
     outcome_is_clean(r)
     if r.exit_code:
         assert not out.exists() or not any(out.iterdir()), "a failed train left output behind"

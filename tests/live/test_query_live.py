@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from kvfp.cli.app import app
 from tests.live.servers import ROOT, fault_proxy, kvfp_serve
-from tests.test_cli_fingerprint import SCHEMES, _collect
+from tests.test_cli_fingerprint import train_topk20
 
 runner = CliRunner()
 SERVED = "int2-pertoken"
@@ -24,11 +24,7 @@ def live(tiny, heldout_ids, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setenv("KVFP_CACHE", str(tmp / "cache"))
     _, tok = tiny
-    data, _ = _collect(tmp, tok, heldout_ids, "train", 0)
-    clf = tmp / "clf"
-    r = runner.invoke(app, ["train", "--data", str(data), "--out", str(clf), "--tier", "topk-20",
-                            "--candidates", ",".join(SCHEMES)])
-    assert r.exit_code == 0, r.output
+    _, _, clf = train_topk20(tmp, tok, heldout_ids)
     from kvfp.probes import write_suite
     from tests.test_datasets import tiny_suite
 
