@@ -13,11 +13,14 @@ forcing through the decode path, :func:`kvfp.runner.replay`):
   settings: the "simulate each scheme on the same tokens" half of the fingerprint.
 
 A replay depends only on the model, the settings, the scheme and the ids (prompt and output), never
-on what the endpoint returned, so one replay serves every tier. Replays are the expensive part:
-observations with equal prompt and output lengths are batched (no padding, so batching does not
-change the numbers beyond float rounding) and each replay is cached on disk as a small safetensors
-file keyed by model hash, settings, scheme, ids and a hash of the runner/compressor source (an edited
-scheme never serves stale replays).
+on what the endpoint returned, so one replay serves every tier. Replays are the expensive part, and
+most of their work is shared (:mod:`kvfp.runner.shared`): observations of one prompt length replay
+as one batch (no padding, so batching does not change the numbers beyond float rounding), each
+distinct prompt is prefilled once per scheme, and schemes that leave the prefill untouched reuse
+``none``'s. Before streaming references, the runner fills its disk cache in prompt order, so that
+the observations of one probe land in one batch whatever order the caller holds them in. Each
+replay is cached as a small safetensors file keyed by model hash, settings, scheme, ids and a hash
+of the runner/compressor source (an edited scheme never serves stale replays).
 """
 
 from __future__ import annotations
@@ -34,11 +37,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kvfp import runner
 from kvfp.compressors import canonical_names, parse_scheme
 from kvfp.errors import KvfpError
 from kvfp.fingerprint.observation import Observation
 from kvfp.paths import cache_root
 from kvfp.runner import engines
+from kvfp.runner.shared import PrefillStore
 
 REFERENCE_VERSION = 1
 REFERENCE = ("none", "float32", "eager")  # scheme, dtype, attention: the reference settings
@@ -94,6 +99,10 @@ class Reference:
                            logits=self.noise.logits, prompt_logprobs=plp, source="kvfp-noise")
 
 
+def _ids(o: Observation) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    return tuple(map(int, o.prompt_ids)), tuple(map(int, o.output_ids))
+
+
 def default_cache_dir() -> Path:
     return cache_root() / "replays"
 
@@ -133,6 +142,9 @@ class ReferenceRunner:
     batch_size : observations of equal prompt and output lengths replayed together
     noise : also replay the noise yardstick (features need it; tests may switch it off)
     prompt_logprobs : also score the prompt at prefill under every scheme (the ``prompt`` tier)
+    share : share prefills between rows and schemes (:mod:`kvfp.runner.shared`); False replays every
+        row on its own through :func:`kvfp.runner.replay` (the path before sharing, kept for comparison)
+    progress : ``progress(done, total)`` called as the cache fills, in replays
     engine : an engine profile (:mod:`kvfp.runner.engines`) that replaces the bf16/sdpa noise
         yardstick: an endpoint served by that engine differs from the float32 reference by the
         engine's own arithmetic, and the profile reproduces how far (not the exact digits: on
@@ -141,7 +153,8 @@ class ReferenceRunner:
     """
 
     def __init__(self, model, candidates: Sequence[str] | None = None, *, cache_dir=_DEFAULT,
-                 batch_size: int = 8, noise: bool = True, prompt_logprobs: bool = True, engine=None):
+                 batch_size: int = 32, noise: bool = True, prompt_logprobs: bool = True, engine=None,
+                 share: bool = True, progress=None):
         if isinstance(model, str):
             from kvfp.models import load
 
@@ -166,8 +179,11 @@ class ReferenceRunner:
         self.noise = noise
         self.prompt_logprobs = prompt_logprobs
         self.engine = engine
+        self.share = share
+        self.progress = progress
         self._noise_model = None
         self._model_hash = None
+        self._prefills = {"ref": PrefillStore(), "noise": PrefillStore()}
 
     # -- public -------------------------------------------------------------------------------
 
@@ -178,7 +194,11 @@ class ReferenceRunner:
     def references(self, observations: Iterable[Observation], chunk: int = 16) -> Iterator[Reference]:
         """References for many observations, in order, ``chunk`` observations at a time (a chunk's
         replays are held in memory together: about ``(2 + candidates) * steps * vocab * 4`` bytes
-        per observation; a reference is released once the caller drops it)."""
+        per observation; a reference is released once the caller drops it). With a disk cache,
+        every missing replay is computed first (:meth:`warm`), in the order that shares most."""
+        if self.cache_dir is not None:
+            observations = list(observations)
+            self.warm(observations)
         buf = []
         for obs in observations:
             buf.append(obs)
@@ -187,6 +207,56 @@ class ReferenceRunner:
                 buf = []
         if buf:
             yield from self._drain(self._chunk(buf))
+
+    def jobs(self) -> list[tuple[str, str]]:
+        """``(which, scheme)`` of every replay one observation needs."""
+        out = [("ref", "none")] + ([("noise", "none")] if self.noise else [])
+        return out + [("ref", n) for n in self.candidates if n != "none"]
+
+    def missing(self, observations: Sequence[Observation]) -> list[tuple[str, str, Observation]]:
+        """The replays the disk cache lacks, one per distinct token sequence."""
+        if self.cache_dir is None:
+            raise KvfpError("missing() needs a disk cache")
+        seen, out = set(), []
+        for o in observations:
+            ids = _ids(o)
+            for which, scheme in self.jobs():
+                if (which, scheme, ids) not in seen:
+                    seen.add((which, scheme, ids))
+                    if not self._path(self._key(which, scheme, o)).is_file():
+                        out.append((which, scheme, o))
+        return out
+
+    def warm(self, observations: Sequence[Observation]) -> int:
+        """Compute every replay of ``observations`` the disk cache lacks; returns how many.
+
+        Observations are taken in prompt order (a probe's observations replay together and share
+        their prefill) and each scheme's rows of one prompt length go as batches of ``batch_size``.
+        """
+        todo = self.missing(observations)
+        if not todo:
+            return 0
+        jobs: dict[tuple[str, str], list[Observation]] = {}
+        for which, scheme, o in todo:
+            jobs.setdefault((which, scheme), []).append(o)
+        by_prompt = sorted({_ids(o)[0] for _, _, o in todo}, key=lambda p: (len(p), p))
+        rank = {p: i for i, p in enumerate(by_prompt)}
+        done, total = 0, len(todo)
+        if self.progress is not None:
+            self.progress(0, total)
+        # batches are formed prompt by prompt, and every scheme replays a batch before the next is
+        # formed, so a prompt's prefill is still in the prefill store when the next scheme wants it
+        rows = sorted({(rank[_ids(o)[0]], _ids(o)[1]) for _, _, o in todo})
+        for b in range(0, len(rows), self.batch_size):
+            part = {(by_prompt[r], out) for r, out in rows[b:b + self.batch_size]}
+            for (which, scheme), obs in jobs.items():
+                mine = [o for o in obs if _ids(o) in part]
+                if mine:
+                    self._replays(which, scheme, mine)
+                    done += len(mine)
+                    if self.progress is not None:
+                        self.progress(done, total)
+        return total
 
     @staticmethod
     def _drain(refs: list[Reference]) -> Iterator[Reference]:
@@ -257,7 +327,7 @@ class ReferenceRunner:
         uniq: list[Observation] = []
         slot = []
         for o in obs:
-            ids = (tuple(map(int, o.prompt_ids)), tuple(map(int, o.output_ids)))
+            ids = _ids(o)
             if ids not in first:
                 first[ids] = len(uniq)
                 uniq.append(o)
@@ -280,12 +350,15 @@ class ReferenceRunner:
                 out[i] = got
         if not todo:
             return out
+        s = self.schemes.get(scheme) or parse_scheme(scheme)
+        model = self._model_for(which)  # the bf16 copy is only built when something must be replayed
+        if self.share:
+            self._replay_shared(which, s, model, obs, todo, out, keys)
+            return out
         # equal lengths batch without padding, so a replay does not depend on its batch mates
         groups: dict[tuple[int, int], list[int]] = {}
         for i in todo:
             groups.setdefault((len(obs[i].prompt_ids), len(obs[i].output_ids)), []).append(i)
-        s = self.schemes.get(scheme) or parse_scheme(scheme)
-        model = self._model_for(which)  # the bf16 copy is only built when something must be replayed
         from kvfp.runner import replay
 
         for idx in groups.values():
@@ -302,6 +375,22 @@ class ReferenceRunner:
                     if keys is not None:
                         self._store(keys[i], out[i])
         return out
+
+    def _replay_shared(self, which, scheme, model, obs, todo, out, keys) -> None:
+        # rows of one prompt length, in prompt order: a batch holds as few distinct prompts as it can
+        groups: dict[int, list[int]] = {}
+        for i in sorted(todo, key=lambda i: tuple(obs[i].prompt_ids)):
+            groups.setdefault(len(obs[i].prompt_ids), []).append(i)
+        for idx in groups.values():
+            for b in range(0, len(idx), self.batch_size):
+                part = idx[b:b + self.batch_size]
+                got = runner.replay_shared(model, scheme, [list(obs[i].prompt_ids) for i in part],
+                                    [list(obs[i].output_ids) for i in part], store=self._prefills[which],
+                                    prompt_logprobs=self.prompt_logprobs)
+                for i, (logits, plp) in zip(part, got):
+                    out[i] = Replay(logits=logits, prompt_logprobs=plp)
+                    if keys is not None:
+                        self._store(keys[i], out[i])
 
     def _load(self, key: str) -> Replay | None:
         path = self._path(key)

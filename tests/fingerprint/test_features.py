@@ -136,6 +136,7 @@ def test_reference_cache_serves_the_same_replays(tiny_eager, observed, tmp_path,
     second = ReferenceRunner(model, ["int4-pertoken"], cache_dir=tmp_path, batch_size=4)
     with monkeypatch.context() as m:  # a cache hit replays nothing: no model run, no bf16 copy
         m.setattr("kvfp.runner.replay", lambda *a, **k: pytest.fail("replayed despite the cache"))
+        m.setattr("kvfp.runner.replay_shared", lambda *a, **k: pytest.fail("replayed despite the cache"))
         m.setattr(second, "_noise", lambda: pytest.fail("built the noise model despite the cache"))
         again = second.reference(obs)
     assert np.array_equal(again.ref.logits, first.ref.logits)
@@ -153,8 +154,8 @@ def test_identical_tokens_are_replayed_once(tiny_eager, observed, monkeypatch):
 
     model, _ = tiny_eager
     calls = []
-    real = kvfp.runner.replay
-    monkeypatch.setattr("kvfp.runner.replay", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
+    real = kvfp.runner.replay_shared
+    monkeypatch.setattr("kvfp.runner.replay_shared", lambda *a, **k: calls.append(len(a[2])) or real(*a, **k))
     obs = observed["int4-pertoken"]
     twin = copy.deepcopy(obs)
     twin.logits = None  # another tier of the same tokens: the same replays serve it
