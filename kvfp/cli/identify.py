@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from kvfp.cli.errors import err_console, user_errors
-from kvfp.cli.options import JsonOpt, ModelOpt
+from kvfp.cli.options import DeviceOpt, JsonOpt, ModelOpt
+from kvfp.cli.progress import progress_bar
 
 
 def _finite(o):
@@ -45,6 +46,8 @@ def identify(
                                                                        "(resolves probe ids; span profiles).")] = None,
     fmt: Annotated[str, typer.Option("--format", help="Log format, or auto.")] = "auto",
     top: Annotated[int, typer.Option(min=1, help="Schemes listed per verdict.")] = 5,
+    device: DeviceOpt = "cpu",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Name the KV-cache compression scheme behind an endpoint's responses to kvfp probes.
@@ -55,8 +58,9 @@ def identify(
     """
     from kvfp.fingerprint.identify import identify_log
 
-    report = identify_log(log, model, classifier, tier=tier, probes=probes, fmt=fmt, top=top,
-                          log_progress=lambda m: err_console.print(m))
+    with progress_bar("replaying", "replay", quiet=quiet) as progress:
+        report = identify_log(log, model, classifier, tier=tier, probes=probes, fmt=fmt, top=top,
+                              log_progress=lambda m: err_console.print(m), replay_progress=progress, device=device)
     if as_json:
         plain = json.loads(json.dumps(report.to_dict(), default=_plain))  # numpy values to Python ones first
         typer.echo(json.dumps(_finite(plain), indent=2, allow_nan=False))

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from kvfp.cli.errors import err_console, user_errors
 from kvfp.cli.options import JsonOpt
+from kvfp.cli.progress import progress_bar
 
 
 @user_errors
@@ -51,15 +52,6 @@ def query(
     log line: the response as received plus a "kvfp" object naming the prompt it answers. Run the
     same command again to resume after any failure.
     """
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
     from kvfp.errors import KvfpError
     from kvfp.query import QuerySpec
     from kvfp.query import query as run
@@ -77,20 +69,7 @@ def query(
                      api_key_env=api_key_env, prompt_logprobs=prompt_logprobs, tokenizer_model=tokenizer_model,
                      prompt_mode=prompt_mode, ignore_eos=ignore_eos, echo=echo,
                      extra_body=extra)
-    bar = Progress(TextColumn("querying"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
-                   disable=quiet, transient=False)
-    task = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal task
-        if task is None:
-            task = bar.add_task("query", total=total, rate="")
-        elapsed = bar.tasks[0].elapsed or 0.0
-        rate = f"{done / elapsed:.2f} probe/s" if done and elapsed else ""
-        bar.update(task, completed=done, rate=rate)
-
-    with bar:
+    with progress_bar("querying", "probe", quiet=quiet) as progress:
         summary = run(spec, progress=progress, log=lambda m: err_console.print(m))
     if as_json:
         typer.echo(json.dumps(summary.to_dict(), indent=2))

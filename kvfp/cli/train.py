@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from kvfp.cli.errors import err_console, user_errors
-from kvfp.cli.options import JsonOpt
+from kvfp.cli.options import DeviceOpt, JsonOpt
+from kvfp.cli.progress import progress_bar
 from kvfp.errors import KvfpError
 from kvfp.runner import engines
 
@@ -38,6 +39,8 @@ def train(
     engine: Annotated[str | None, typer.Option(
         "--engine", help="Engine whose emulated arithmetic is the noise yardstick (transformers: bf16/sdpa; "
                          "llama.cpp). Default: the one the data was collected under.")] = None,
+    device: DeviceOpt = "cpu",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Train a fingerprinter on collected datasets.
@@ -59,12 +62,13 @@ def train(
     if candidates:
         cands = list(canonical_names()) if candidates == "all" else [c.strip() for c in candidates.split(",") if c]
     model_id = labelled.manifests[0]["model"]["id"]
-    model, tok = load(model_id, dtype=REFERENCE[1], attn=REFERENCE[2])
+    model, tok = load(model_id, dtype=REFERENCE[1], attn=REFERENCE[2], device=device)
     profile = engines.for_model(model_id, data_engine(labelled.manifests, engine))
     n_schemes = len(set(labelled.labels))
     err_console.print(f"{len(labelled)} observations of {n_schemes} schemes from {len(data)} dataset(s)")
-    trained, X = fit_fingerprinter(labelled, model, tok, tiers=tier or None, candidates=cands, engine=profile,
-                                   log=lambda m: err_console.print(m))
+    with progress_bar("replaying", "replay", quiet=quiet) as progress:
+        trained, X = fit_fingerprinter(labelled, model, tok, tiers=tier or None, candidates=cands, engine=profile,
+                                       log=lambda m: err_console.print(m), progress=progress)
     save_fingerprinter(out, trained)
     summary = {"out": str(out), "model": model_id, "tiers": list(trained.tiers), "observations": len(labelled),
                "schemes": sorted(set(labelled.labels)), "candidates": trained.candidates}

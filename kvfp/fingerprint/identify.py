@@ -56,9 +56,13 @@ def choose_tier(observations, trained_tiers, requested: str = "auto") -> str:
 
 def identify_log(log: Path | str, model_name: str, classifier: Path | str, *, tier: str = "auto",
                  probes: Path | str | None = None, fmt: str = "auto", top: int = 5,
-                 log_progress=lambda msg: None) -> Report:
+                 log_progress=lambda msg: None, replay_progress=None, device: str = "cpu",
+                 runner_options: dict | None = None) -> Report:
     """Read ``log``, replay its tokens with ``model_name`` at the reference settings, and let the
-    classifier at ``classifier`` name the scheme."""
+    classifier at ``classifier`` name the scheme.
+
+    ``replay_progress(done, total)`` follows the replays; ``device`` runs them (``cuda``: a GPU);
+    ``runner_options`` go to :class:`~kvfp.fingerprint.reference.ReferenceRunner` (benchmarks)."""
     from kvfp.compressors.calibration import model_fingerprint
     from kvfp.fingerprint.evidence import profile
     from kvfp.fingerprint.features.extract import feature_matrix
@@ -81,13 +85,13 @@ def identify_log(log: Path | str, model_name: str, classifier: Path | str, *, ti
         raise KvfpError(f"{log} holds no responses")
     notes = list(trained.notes) + [n for o in observations for n in o.notes]
     chosen = choose_tier(observations, list(trained.tiers), tier)
-    model, _ = load(model_name, dtype=REFERENCE[1], attn=REFERENCE[2])
+    model, _ = load(model_name, dtype=REFERENCE[1], attn=REFERENCE[2], device=device)
     check_manifest(trained.manifest, str(classifier), weights_hash=model_fingerprint(model))
     by_id = suite.by_id() if suite is not None else {}
     if suite is None:
         notes.append("no --probes suite given: position-to-planted-span profiles are empty, which weakens "
                      "the features the classifier was trained with")
-    runner = trained.reference_runner(model)
+    runner = trained.reference_runner(model, progress=replay_progress, **(runner_options or {}))
     noise = f"the {runner.engine.name} noise yardstick" if runner.engine else "the bf16 noise yardstick"
     log_progress(f"replaying {len(observations)} response(s) under the reference, {noise} and "
                  f"{len(runner.candidates)} candidate schemes")

@@ -194,9 +194,9 @@ class ReferenceRunner:
     def references(self, observations: Iterable[Observation], chunk: int = 16) -> Iterator[Reference]:
         """References for many observations, in order, ``chunk`` observations at a time (a chunk's
         replays are held in memory together: about ``(2 + candidates) * steps * vocab * 4`` bytes
-        per observation; a reference is released once the caller drops it). With a disk cache,
-        every missing replay is computed first (:meth:`warm`), in the order that shares most."""
-        if self.cache_dir is not None:
+        per observation; a reference is released once the caller drops it). With a disk cache and
+        sharing, every missing replay is computed first (:meth:`warm`), in the order that shares most."""
+        if self.cache_dir is not None and self.share:
             observations = list(observations)
             self.warm(observations)
         buf = []
@@ -311,8 +311,11 @@ class ReferenceRunner:
 
     def _key(self, which: str, scheme: str, o: Observation) -> str:
         dtype, attn, engine = self._settings(which)
+        # the device is named only off the CPU, so that replays cached before devices were keyed still serve
+        device = self.model.device.type  # the noise model is built on the reference's device
         blob = json.dumps({"v": REFERENCE_VERSION, "code": _source_hash(), "model": self.model_hash,
                            "dtype": dtype, "attn": attn, "engine": engine, "scheme": scheme,
+                           **({"device": device} if device != "cpu" else {}),
                            "prompt_lp": self.prompt_logprobs,
                            "prompt": list(map(int, o.prompt_ids)), "output": list(map(int, o.output_ids))})
         return hashlib.sha256(blob.encode()).hexdigest()[:40]

@@ -107,7 +107,7 @@ def manifest_identity(data: LabelledObservations) -> dict:
 
 def fit_fingerprinter(data: LabelledObservations, model, tokenizer, *, tiers: Sequence[str] | None = None,
                       candidates: Sequence[str] | None = None, runner=None, engine=None, log=lambda msg: None,
-                      **params):
+                      progress=None, **params):
     """Features of every observation at every tier, then one :class:`Fingerprinter` per tier.
 
     Parameters
@@ -118,6 +118,7 @@ def fit_fingerprinter(data: LabelledObservations, model, tokenizer, *, tiers: Se
     runner : a ready :class:`~kvfp.fingerprint.reference.ReferenceRunner` (overrides ``candidates``
         and ``engine``)
     engine : an engine profile for the noise yardstick (:mod:`kvfp.runner.engines`); ``None``: bf16/sdpa
+    progress : ``progress(done, total)`` as replays are computed (for a runner made here)
     params : passed to :class:`~kvfp.fingerprint.estimators.Fingerprinter`
 
     Returns
@@ -135,7 +136,8 @@ def fit_fingerprinter(data: LabelledObservations, model, tokenizer, *, tiers: Se
                         f"{', '.join(data.tiers())}); collect with --logits for the logits tier", exit_code=2)
     if len(set(data.labels)) < 2:
         raise KvfpError(f"training needs at least two schemes; the data holds only {set(data.labels)}", exit_code=2)
-    runner = runner or ReferenceRunner(model, list(candidates or default_candidates(data.labels)), engine=engine)
+    runner = runner or ReferenceRunner(model, list(candidates or default_candidates(data.labels)), engine=engine,
+                                       progress=progress)
     log(f"features of {len(data)} observations at {', '.join(tiers)} "
         f"({len(runner.candidates)} candidate schemes replayed per observation)")
     X = feature_matrix(data.observations, runner, tiers, data.probes)
