@@ -162,3 +162,17 @@ def test_schemes_measure_reports_real_bytes():
 def test_schemes_measure_needs_a_model():
     r = runner.invoke(app, ["schemes", "--measure"])
     assert r.exit_code == 2 and "--model" in r.output
+
+
+def test_cli_sets_passive_openmp_waiting_before_torch_loads():
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    code = ("import sys; import kvfp.cli; assert 'torch' not in sys.modules; import os; "
+            "print(os.environ['OMP_WAIT_POLICY'])")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"  # the user's own setting stays
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"
