@@ -81,18 +81,26 @@ class PrefillStore:
             self._bytes -= old.nbytes()
 
 
+def _rows(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Row ``idx[r]`` of ``x`` for every ``r``: a view when every row is the one prompt's (attention
+    probabilities are ``rows × heads × L²``; copying them per row would cost more than the prefill)."""
+    if x.shape[0] == 1:
+        return x.expand(len(idx), *x.shape[1:])
+    return x.index_select(0, idx)
+
+
 def _tee(layer, target, idx: torch.Tensor) -> None:
     """Make ``layer`` (one of the prefill's distinct-prompt rows) also hand what it receives to
     ``target`` (every row), row ``r`` of ``target`` getting row ``idx[r]``."""
     update, observe = layer.update, layer.observe
 
     def tee_update(k, v, *args, **kwargs):
-        target.update(k.index_select(0, idx), v.index_select(0, idx))
+        target.update(_rows(k, idx), _rows(v, idx))
         return update(k, v, *args, **kwargs)
 
     def tee_observe(probs):
         observe(probs)
-        target.observe(probs.index_select(0, idx))
+        target.observe(_rows(probs, idx))
 
     layer.update, layer.observe = tee_update, tee_observe
 

@@ -61,9 +61,10 @@ def _scores(obs, ref, noise_obs, tier: str) -> tuple[dict[str, float], dict[str,
             floor, noise2 = safe_mean(js(ln, lr)), _sq(centred(ln - lr))
         do = centred(lo - lr)
         w = _above(do, noise2)
+        po = np.exp(lo)
         for c, rep in ref.candidates.items():
             lc = rep.logprobs()
-            fit[c] = rel(safe_mean(js(lo, lc)), floor, EPS["js"])
+            fit[c] = rel(safe_mean(js(lo, lc, po)), floor, EPS["js"])
             second[c] = w * corr(do, centred(lc - lr))
     elif fam == "topk":
         k = topk_of(tier)

@@ -91,13 +91,17 @@ def departures(obs, ref, tier: str) -> tuple[np.ndarray, np.ndarray | None, dict
 
 
 def _resid(D: np.ndarray, basis: list[np.ndarray]) -> float:
-    """Squared residual of ``D`` after least squares on the columns of ``basis``."""
+    """Squared residual of ``D`` after least squares on the columns of ``basis`` (one or two).
+
+    The coefficients come from the columns' small Gram system (pseudo-inverse: collinear columns
+    are fine) and the residual is computed from ``D`` itself, so its precision is ``D``'s; an
+    SVD of the tall ``(n, k)`` matrix gives the same residual at many times the cost."""
     cols = [b for b in basis if float(b @ b) > _TINY]
     if not cols:
         return float(D @ D)
-    A = np.stack(cols, axis=1)
-    coef, *_ = np.linalg.lstsq(A, D, rcond=None)
-    r = D - A @ coef
+    G = np.array([[float(a @ b) for b in cols] for a in cols])
+    coef = np.linalg.pinv(G, hermitian=True) @ np.array([float(a @ D) for a in cols])
+    r = D - sum(c * a for c, a in zip(coef, cols))
     return float(r @ r)
 
 
