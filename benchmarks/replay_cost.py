@@ -91,6 +91,29 @@ def _accuracy(trained, X: np.ndarray, labels, tier: str) -> float:
     return float(np.mean([p == y for p, y in zip(pred, labels)]))
 
 
+def _identify_only(args, work: Path, model, env: dict) -> None:
+    """identify's replays and features for one held-out scheme's 7 responses, cold, per path."""
+    from dataclasses import replace
+
+    protocol = Protocol.standard(args.model, quick=True, candidates="all")
+    spec = collect_specs(protocol, work, [args.identify_scheme], threads=None)["test-nuisance"]
+    spec = replace(spec, out=work / f"test-{args.identify_scheme}")
+    collect(spec, show_progress=False, summary=False)
+    test = load_labelled([spec.out])
+    out = {"env": env, "observations": len(test), "candidates": len(canonical_names()), "identify_replays": {}}
+    for name, share in (("shared", True), ("unshared", False)):
+        if not share and args.skip_unshared:
+            continue
+        runner = _runner(model, work, f"identify-only-{name}", share)
+        t = time.perf_counter()
+        feature_matrix(test.observations, runner, ["topk-20"], test.probes)
+        out["identify_replays"][name] = time.perf_counter() - t
+        print(f"identify's replays and topk-20 features, {len(test)} responses x {len(canonical_names())} "
+              f"candidates ({name}): {out['identify_replays'][name]:.1f} s", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="kvfp-tiny")
@@ -100,6 +123,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--identify-scheme", default="kivi-2", help="the held-out scheme whose log is identified")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    ap.add_argument("--identify-only", action="store_true",
+                    help="collect only the held-out scheme's 7 responses and time identify's replays and "
+                         "features against the full catalogue (no classifier: training it is the cost skipped)")
+    ap.add_argument("--skip-unshared", action="store_true", help="with --identify-only: the shared path only")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -112,6 +139,9 @@ def main() -> None:
     print(json.dumps(env), flush=True)
 
     _suites(work, model, tok)
+    if args.identify_only:
+        _identify_only(args, work, model, env)
+        return
     _collect(work, args.model)
     train = load_labelled([work / "train-reference", work / "train-nuisance"])
     test = load_labelled([work / "test-nuisance"])

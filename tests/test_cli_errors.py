@@ -191,3 +191,15 @@ def test_a_model_folder_with_pickled_weights_only_is_refused(tmp_path, suite_fil
     r = collect(tmp_path / "d", probes=suite_file, model=str(folder))
     assert_refused(r, 1, str(folder))
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "identify"])
+def test_train_and_identify_refuse_a_device_before_reading_anything(tmp_path, command):
+    import torch
+
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    args = (["train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "clf")] if command == "train" else
+            ["identify", str(tmp_path / "nothing.jsonl"), "--model", "kvfp-tiny", "--classifier", str(tmp_path / "c")])
+    for device, says in (("tpu7", "cpu, cuda or cuda:N"), (f"cuda:{n}", f"--device 'cuda:{n}'")):
+        assert_refused(runner.invoke(app, [*args, "--device", device]), 2, says)
+    assert not (tmp_path / "clf").exists()

@@ -78,3 +78,16 @@ def test_runner_batches_a_probes_observations_together(tiny_eager, rows, tmp_pat
         for name in ("int4-pertoken", "h2o-0.1-0.1"):
             np.testing.assert_allclose(s.candidates[name].logits, p.candidates[name].logits, rtol=0, atol=1e-4)
         np.testing.assert_allclose(s.ref.logits, p.ref.logits, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["h2o-0.1-0.1", "snapkv-0.5", "ggml-q4_0"])
+def test_one_prompt_reaches_every_row_as_a_view(tiny_eager, rows, name):
+    """Every row of one prompt: the prefill's K/V and attention probabilities are handed over as
+    views of the one distinct row (the path the other test, with two prompts, does not take)."""
+    model, _ = tiny_eager
+    (a, _, _), conts = rows
+    scheme = parse_scheme(name)
+    want = replay(model, scheme, [a, a], conts[:2], topk=1, logits=True, batch_size=2)
+    got = replay_shared(model, scheme, [a, a], conts[:2], store=PrefillStore())
+    for tr, (logits, _) in zip(want, got):
+        np.testing.assert_allclose(logits, tr.logits, rtol=0, atol=1e-4)

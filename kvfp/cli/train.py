@@ -55,6 +55,9 @@ def train(
     from kvfp.fingerprint.training import fit_fingerprinter, load_labelled
     from kvfp.models import load
 
+    from kvfp.models.loading import check_device
+
+    check_device(device)
     if out.exists():
         raise KvfpError(f"{out} already exists; kvfp never overwrites output. Choose another --out.", exit_code=2)
     labelled = load_labelled(data)

@@ -73,6 +73,9 @@ def identify_log(log: Path | str, model_name: str, classifier: Path | str, *, ti
     from kvfp.probes import read_suite
     from kvfp.probes.model_tokenizer import load_tokenizer
 
+    from kvfp.models.loading import check_device
+
+    check_device(device)
     if not Path(classifier).exists():
         raise KvfpError(f"classifier {classifier} not found (train one with `kvfp train`)", exit_code=2)
     # every input is read and checked before the model's weights load (seconds to minutes): a mistake in
