@@ -54,7 +54,6 @@ def train(
     from kvfp.fingerprint.reference import REFERENCE
     from kvfp.fingerprint.training import fit_fingerprinter, load_labelled
     from kvfp.models import load
-
     from kvfp.models.loading import check_device
 
     check_device(device)

@@ -70,10 +70,9 @@ def identify_log(log: Path | str, model_name: str, classifier: Path | str, *, ti
     from kvfp.fingerprint.readers import load_observations
     from kvfp.fingerprint.reference import REFERENCE
     from kvfp.models import load
+    from kvfp.models.loading import check_device
     from kvfp.probes import read_suite
     from kvfp.probes.model_tokenizer import load_tokenizer
-
-    from kvfp.models.loading import check_device
 
     check_device(device)
     if not Path(classifier).exists():
