@@ -99,6 +99,8 @@ def _identify_only(args, work: Path, model, env: dict) -> None:
     spec = collect_specs(protocol, work, [args.identify_scheme], threads=None)["test-nuisance"]
     spec = replace(spec, out=work / f"test-{args.identify_scheme}")
     collect(spec, show_progress=False, summary=False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     test = load_labelled([spec.out])
     out = {"env": env, "observations": len(test), "candidates": len(canonical_names()), "identify_replays": {}}
     for name, share in (("shared", True), ("unshared", False)):
@@ -128,12 +130,11 @@ def main() -> None:
                          "features against the full catalogue (no classifier: training it is the cost skipped)")
     ap.add_argument("--skip-unshared", action="store_true", help="with --identify-only: the shared path only")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     work = args.work or ROOT / "runs" / f"replay-cost-{args.model}"
     work.mkdir(parents=True, exist_ok=True)
     model, tok = load(args.model, dtype=REFERENCE[1], attn=REFERENCE[2], device=args.device)
-    env = {"model": args.model, "device": args.device, "torch_threads": torch.get_num_threads(),
+    # data are collected at torch's default thread count (a dataset records it); timings run at --threads
+    env = {"model": args.model, "device": args.device, "torch_threads": args.threads or torch.get_num_threads(),
            "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"), "torch": torch.__version__,
            "cpu_count": os.cpu_count()}
     print(json.dumps(env), flush=True)
@@ -143,6 +144,8 @@ def main() -> None:
         _identify_only(args, work, model, env)
         return
     _collect(work, args.model)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     train = load_labelled([work / "train-reference", work / "train-nuisance"])
     test = load_labelled([work / "test-nuisance"])
     base_train_probes = set(list(dict.fromkeys(train.groups))[:args.baseline_probes])
@@ -152,12 +155,19 @@ def main() -> None:
     print(f"{len(train)} train / {len(test)} test observations, {len(canonical_names())} candidates", flush=True)
 
     # -- train, shared path, full catalogue ----------------------------------------------------
+    marks = {}
     runner = _runner(model, work, "shared", True)
+    runner.progress = lambda done, total: marks.__setitem__("replayed", time.perf_counter()) if done == total else None
     t = time.perf_counter()
-    trained, _ = fit_fingerprinter(train, model, tok, tiers=TIERS, runner=runner)
+    trained, _ = fit_fingerprinter(train, model, tok, tiers=TIERS, runner=runner,
+                                   log=lambda m: marks.setdefault("fit", time.perf_counter()) if m.startswith("fitting")
+                                   else None)
     out["train_shared_s"] = time.perf_counter() - t
+    out["train_shared_phases_s"] = {"replays": marks["replayed"] - t, "features": marks["fit"] - marks["replayed"],
+                                    "fit": t + out["train_shared_s"] - marks["fit"]}
     out["prefills_computed"] = {w: s.computed for w, s in runner._prefills.items()}
-    print(f"train, shared path: {out['train_shared_s']:.1f} s", flush=True)
+    print(f"train, shared path: {out['train_shared_s']:.1f} s "
+          f"({', '.join(f'{k} {v:.1f} s' for k, v in out['train_shared_phases_s'].items())})", flush=True)
     clf = work / "classifier-shared"
     shutil.rmtree(clf, ignore_errors=True)
     save_fingerprinter(clf, trained)
@@ -216,13 +226,18 @@ def main() -> None:
         print(f"identify ({name}): {out['identify'][name]['s']:.1f} s, verdict {report.pooled['verdict']}", flush=True)
 
     tu = out["train_unshared"]
+    fit_s = out["train_shared_phases_s"]["fit"]
     print("\n== summary ==")
     print(f"model {args.model} on {args.device}, {env['torch_threads']} torch threads, "
           f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}")
+    shared_rf = out["train_shared_s"] - fit_s
     print(f"train, full catalogue ({len(train)} observations, {out['candidates']} candidates): shared "
-          f"{out['train_shared_s']:.1f} s; unshared {tu['measured_s']:.1f} s on {tu['observations']} observations"
+          f"{out['train_shared_s']:.1f} s ({shared_rf:.1f} s replays and features, {fit_s:.1f} s fit)")
+    print(f"  replays and features, unshared: {tu['measured_s']:.1f} s on {tu['observations']} observations"
           + (f", x{tu['token_scale']:.2f} = {tu['extrapolated_s']:.1f} s extrapolated" if tu["extrapolated"] else "")
-          + f"; ratio {tu['extrapolated_s'] / out['train_shared_s']:.1f}x")
+          + f"; ratio to shared {tu['extrapolated_s'] / shared_rf:.1f}x; whole train with the same fit "
+          f"{tu['extrapolated_s'] + fit_s:.1f} s vs {out['train_shared_s']:.1f} s, "
+          f"{(tu['extrapolated_s'] + fit_s) / out['train_shared_s']:.1f}x")
     print(f"same {tu['observations']} observations, both measured: unshared {tu['measured_s']:.1f} s, shared "
           f"{out['train_subset_shared_s']:.1f} s, ratio {tu['measured_s'] / out['train_subset_shared_s']:.1f}x; "
           f"max feature difference {out['train_subset_max_feature_diff']}")

@@ -141,6 +141,7 @@ def fit_fingerprinter(data: LabelledObservations, model, tokenizer, *, tiers: Se
     log(f"features of {len(data)} observations at {', '.join(tiers)} "
         f"({len(runner.candidates)} candidate schemes replayed per observation)")
     X = feature_matrix(data.observations, runner, tiers, data.probes)
+    log(f"fitting the classifier stack at {', '.join(tiers)}")
     ident = manifest_identity(data)
     manifest = make_manifest(model, tokenizer, model_id=ident["model_id"], probe_suite_hash=ident["probe_suite_hash"],
                              candidates=runner.candidates, engine=runner.engine)

@@ -16,7 +16,7 @@ projected, and only what later steps read back is compressed) computes exactly t
   handed to every such scheme without running the model.
 
 Numbers change only by float rounding of a different batch shape (the prefill runs over the
-distinct prompts instead of every row); ``tests/runner/test_shared_replay.py`` compares this path
+distinct prompts instead of every row); ``tests/test_shared_replay.py`` compares this path
 with :func:`kvfp.runner.replay` on every catalogue scheme.
 """
 
