@@ -139,11 +139,14 @@ class ReferenceRunner:
         the reference and the noise only
     cache_dir : folder of the on-disk replay cache; the default is ``$KVFP_CACHE/replays``
         (``~/.cache/kvfp/replays``); ``None`` disables caching
-    batch_size : observations of equal prompt and output lengths replayed together
+    batch_size : rows replayed together (of one prompt length; without sharing, of equal prompt and
+        output lengths). A decode step costs about as much for 8 rows as for 32, and wider batches
+        copy more in attention (``benchmarks/RESULTS.md``, replay cost)
     noise : also replay the noise yardstick (features need it; tests may switch it off)
     prompt_logprobs : also score the prompt at prefill under every scheme (the ``prompt`` tier)
-    share : share prefills between rows and schemes (:mod:`kvfp.runner.shared`); False replays every
-        row on its own through :func:`kvfp.runner.replay` (the path before sharing, kept for comparison)
+    share : share prefills between rows and schemes (:mod:`kvfp.runner.shared`); False replays
+        through :func:`kvfp.runner.replay` in the caller's order (with ``batch_size=8``, the path
+        before sharing, kept for comparison)
     progress : ``progress(done, total)`` called as the cache fills, in replays
     engine : an engine profile (:mod:`kvfp.runner.engines`) that replaces the bf16/sdpa noise
         yardstick: an endpoint served by that engine differs from the float32 reference by the
