@@ -2,6 +2,7 @@
 run as an OpenAI chat log, identify it."""
 
 import json
+from contextlib import contextmanager
 
 import pytest
 from typer.testing import CliRunner
@@ -32,6 +33,15 @@ def _collect(tmp_path, tok, heldout_ids, name, offset, extra=()):
     return out, suite
 
 
+@contextmanager
+def own_cache(tmp_path_factory, name: str):
+    """A fresh folder whose ``cache`` holds every replay and reference made inside the block."""
+    tmp = tmp_path_factory.mktemp(name)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KVFP_CACHE", str(tmp / "cache"))
+        yield tmp
+
+
 def train_topk20(tmp_path, tok, heldout_ids):
     """``(dataset, suite file, classifier)``: SCHEMES collected on held-out text, a top-20 classifier on them."""
     data, suite = _collect(tmp_path, tok, heldout_ids, "train", 0)
@@ -44,21 +54,18 @@ def train_topk20(tmp_path, tok, heldout_ids):
 
 @pytest.fixture(scope="module")
 def trained(tiny, heldout_ids, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("fp")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("KVFP_CACHE", str(tmp / "cache"))  # replays and references stay inside the test
-    _, tok = tiny
-    data, _ = _collect(tmp, tok, heldout_ids, "train", 0)
-    clf = tmp / "clf"
-    r = runner.invoke(app, ["train", "--data", str(data), "--out", str(clf), "--tier", "logits", "--tier", "topk-20",
-                            "--candidates", ",".join(SCHEMES), "--json"])
-    assert r.exit_code == 0, r.output
-    summary = json.loads(r.stdout[r.stdout.index("{"):])
-    assert summary["tiers"] == ["logits", "topk-20"] and summary["schemes"] == sorted(SCHEMES)
-    # a disjoint probe set (other held-out text), served in bf16 with sdpa: the endpoint under test
-    test, suite = _collect(tmp, tok, heldout_ids, "test", 5000, extra=("--dtype", "bfloat16", "--attn", "sdpa"))
-    yield tmp, clf, test, suite
-    mp.undo()
+    with own_cache(tmp_path_factory, "fp") as tmp:  # replays and references stay inside the test
+        _, tok = tiny
+        data, _ = _collect(tmp, tok, heldout_ids, "train", 0)
+        clf = tmp / "clf"
+        r = runner.invoke(app, ["train", "--data", str(data), "--out", str(clf), "--tier", "logits",
+                                "--tier", "topk-20", "--candidates", ",".join(SCHEMES), "--json"])
+        assert r.exit_code == 0, r.output
+        summary = json.loads(r.stdout[r.stdout.index("{"):])
+        assert summary["tiers"] == ["logits", "topk-20"] and summary["schemes"] == sorted(SCHEMES)
+        # a disjoint probe set (other held-out text), served in bf16 with sdpa: the endpoint under test
+        test, suite = _collect(tmp, tok, heldout_ids, "test", 5000, extra=("--dtype", "bfloat16", "--attn", "sdpa"))
+        yield tmp, clf, test, suite
 
 
 @pytest.mark.slow

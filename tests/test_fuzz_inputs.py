@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from kvfp.cli.app import app
-from tests.test_cli_fingerprint import SCHEMES, train_topk20
+from tests.test_cli_fingerprint import SCHEMES, own_cache, train_topk20
 
 runner = CliRunner()
 FUZZ = settings(max_examples=30, deadline=None, derandomize=True, database=None,
@@ -27,17 +27,14 @@ FUZZ = settings(max_examples=30, deadline=None, derandomize=True, database=None,
 
 @pytest.fixture(scope="module")
 def valid(tiny, heldout_ids, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("fuzz")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("KVFP_CACHE", str(tmp / "cache"))
-    _, tok = tiny
-    data, suite, clf = train_topk20(tmp, tok, heldout_ids)
-    log = tmp / "log.jsonl"
-    r = runner.invoke(app, ["export", str(data), "--format", "openai-completions", "--scheme", "int2-pertoken",
-                            "--out", str(log)])
-    assert r.exit_code == 0, r.output
-    yield tmp, clf, log, suite
-    mp.undo()
+    with own_cache(tmp_path_factory, "fuzz") as tmp:
+        _, tok = tiny
+        data, suite, clf = train_topk20(tmp, tok, heldout_ids)
+        log = tmp / "log.jsonl"
+        r = runner.invoke(app, ["export", str(data), "--format", "openai-completions", "--scheme", "int2-pertoken",
+                                "--out", str(log)])
+        assert r.exit_code == 0, r.output
+        yield tmp, clf, log, suite
 
 
 def outcome_is_clean(r) -> None:

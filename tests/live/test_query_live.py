@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from kvfp.cli.app import app
 from tests.live.servers import ROOT, fault_proxy, kvfp_serve
-from tests.test_cli_fingerprint import train_topk20
+from tests.test_cli_fingerprint import own_cache, train_topk20
 
 runner = CliRunner()
 SERVED = "int2-pertoken"
@@ -20,20 +20,17 @@ SERVED = "int2-pertoken"
 @pytest.fixture(scope="module")
 def live(tiny, heldout_ids, tmp_path_factory):
     """A classifier trained on kvfp's own collections, and a mystery endpoint serving another dtype."""
-    tmp = tmp_path_factory.mktemp("live")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("KVFP_CACHE", str(tmp / "cache"))
-    _, tok = tiny
-    _, _, clf = train_topk20(tmp, tok, heldout_ids)
-    from kvfp.probes import write_suite
-    from tests.test_datasets import tiny_suite
+    with own_cache(tmp_path_factory, "live") as tmp:
+        _, tok = tiny
+        _, _, clf = train_topk20(tmp, tok, heldout_ids)
+        from kvfp.probes import write_suite
+        from tests.test_datasets import tiny_suite
 
-    suite = write_suite(tmp / "probes.jsonl", tiny_suite(tok, heldout_ids, lengths=(64, 80, 96), offset=5000))
-    server = kvfp_serve(tmp, "--model", "kvfp-tiny", "--scheme", SERVED, "--dtype", "bfloat16", "--hide-scheme",
-                        env={"KVFP_CACHE": str(tmp / "cache")})
-    yield tmp, clf, suite, server
-    server.stop()
-    mp.undo()
+        suite = write_suite(tmp / "probes.jsonl", tiny_suite(tok, heldout_ids, lengths=(64, 80, 96), offset=5000))
+        server = kvfp_serve(tmp, "--model", "kvfp-tiny", "--scheme", SERVED, "--dtype", "bfloat16", "--hide-scheme",
+                            env={"KVFP_CACHE": str(tmp / "cache")})
+        yield tmp, clf, suite, server
+        server.stop()
 
 
 def kvfp_query(url, out, suite, *extra, env=None):
